@@ -1,0 +1,200 @@
+"""OCSP wire format: CertID keys, request parsing, GET decoding and error responses.
+
+Pure functions only; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+__all__ = [
+    "HASH_ALGORITHMS",
+    "CertId",
+    "CertKey",
+    "MalformedRequest",
+    "ResponseStatus",
+    "build_request",
+    "decode_get_path",
+    "error_response",
+    "hash_name",
+    "issuer_key_hash",
+    "issuer_name_hash",
+    "parse_request",
+]
+
+# Hash algorithms we accept in CertIDs (RFC 6960 clients use SHA-1; some use SHA-256).
+HASH_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+class ResponseStatus(IntEnum):
+    """OCSPResponseStatus (RFC 6960 §4.2.1)."""
+
+    SUCCESSFUL = 0
+    MALFORMED_REQUEST = 1
+    INTERNAL_ERROR = 2
+    TRY_LATER = 3
+    SIG_REQUIRED = 5
+    UNAUTHORIZED = 6
+
+
+class MalformedRequest(ValueError):
+    """The bytes are not a usable OCSP request."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CertKey:
+    """Identifies one staple: the CertID without the issuer name hash.
+
+    The issuer name hash is checked against the known issuer when a request comes in; keeping it out of
+    the key keeps file names short and still unique (a key hash names one issuer key).
+    """
+
+    alg: str
+    issuer_key_hash: bytes
+    serial: int
+
+    def __str__(self) -> str:
+        return f"{self.alg}-{self.issuer_key_hash.hex()}-{self.serial:x}"
+
+
+@dataclass(frozen=True, slots=True)
+class CertId:
+    """A CertID as a client sent it."""
+
+    key: CertKey
+    issuer_name_hash: bytes
+
+
+def hash_name(alg: hashes.HashAlgorithm) -> str:
+    name = alg.name.lower().replace("-", "")
+    if name not in HASH_ALGORITHMS:
+        raise UnsupportedAlgorithm(f"hash algorithm {alg.name} not supported in CertIDs")
+    return name
+
+
+def _digest(alg: str, data: bytes) -> bytes:
+    return hashlib.new(alg, data).digest()
+
+
+def issuer_name_hash(issuer: x509.Certificate, alg: str) -> bytes:
+    return _digest(alg, issuer.subject.public_bytes())
+
+
+def issuer_key_hash(issuer: x509.Certificate, alg: str) -> bytes:
+    """Hash of the subjectPublicKey BIT STRING value, as CertID defines it."""
+    spki = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _digest(alg, _spki_key_bits(spki))
+
+
+def _der_header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Return (tag, content start, content length) of the DER element at pos."""
+    tag = data[pos]
+    first = data[pos + 1]
+    if first < 0x80:
+        return tag, pos + 2, first
+    count = first & 0x7F
+    length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
+    return tag, pos + 2 + count, length
+
+
+def _spki_key_bits(spki: bytes) -> bytes:
+    # SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
+    _, body, _ = _der_header(spki, 0)
+    _, alg_start, alg_len = _der_header(spki, body)
+    tag, bits_start, bits_len = _der_header(spki, alg_start + alg_len)
+    if tag != 0x03:
+        raise ValueError("SubjectPublicKeyInfo without a BIT STRING")
+    return spki[bits_start + 1 : bits_start + bits_len]  # skip the unused-bits octet
+
+
+def parse_request(der: bytes) -> CertId:
+    """Parse a DER OCSPRequest with exactly one CertID. Extensions (nonces) are ignored."""
+    if not der:
+        raise MalformedRequest("empty request")
+    try:
+        req = ocsp.load_der_ocsp_request(der)
+        alg = hash_name(req.hash_algorithm)
+        key = CertKey(alg=alg, issuer_key_hash=req.issuer_key_hash, serial=req.serial_number)
+        name_hash = req.issuer_name_hash
+    except UnsupportedAlgorithm as exc:
+        raise MalformedRequest(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        # cryptography refuses requests with several CertIDs; one staple answers one certificate.
+        raise MalformedRequest(f"not a single-certificate OCSP request: {exc}") from exc
+    if len(key.issuer_key_hash) != hashlib.new(alg).digest_size or len(name_hash) != len(key.issuer_key_hash):
+        raise MalformedRequest("CertID hash lengths do not match its algorithm")
+    return CertId(key=key, issuer_name_hash=name_hash)
+
+
+_B64_CHARS = re.compile(r"^[A-Za-z0-9+/_-]+=*$")
+
+
+def _b64(text: str) -> bytes | None:
+    text = text.replace(" ", "+")  # a '+' that something decoded as form data
+    if not text or not _B64_CHARS.match(text):
+        return None
+    text = text.rstrip("=")
+    text += "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(text)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def decode_get_path(raw_path: str, *, max_length: int = 4096) -> bytes:
+    """Decode an RFC 6960 Appendix A GET path into DER request bytes.
+
+    Accepts a path prefix before the base64 (e.g. ``/ocsp/MEIw...``), percent-encoding, '/' and '+'
+    inside the base64, URL-safe base64 and missing padding. The first suffix of the path that decodes
+    to a parseable OCSP request wins.
+    """
+    if len(raw_path) > max_length:
+        raise MalformedRequest("GET path too long")
+    path = raw_path.split("?", 1)[0]
+    segments = path.lstrip("/").split("/")
+    for i in range(len(segments)):
+        candidate = unquote("/".join(segments[i:]))
+        der = _b64(candidate)
+        if der is None:
+            continue
+        try:
+            parse_request(der)
+        except MalformedRequest:
+            continue
+        return der
+    raise MalformedRequest("GET path holds no base64 OCSP request")
+
+
+def build_request(key: CertKey, issuer_name_hash: bytes) -> bytes:
+    """A DER OCSPRequest for one CertID, without a nonce (cacheable, RFC 5019)."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        issuer_name_hash, key.issuer_key_hash, key.serial, HASH_ALGORITHMS[key.alg]()
+    )
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def error_response(status: ResponseStatus) -> bytes:
+    """An unsigned OCSPResponse carrying only an error status: SEQUENCE { ENUMERATED status }."""
+    if status is ResponseStatus.SUCCESSFUL:
+        raise ValueError("a successful response needs a body")
+    return bytes([0x30, 0x03, 0x0A, 0x01, int(status)])
