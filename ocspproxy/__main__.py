@@ -1,0 +1,5 @@
+import sys
+
+from ocspproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""One frozen Config, built from a TOML file and command-line flags and validated in one place.
+
+Any problem raises ConfigError naming the key; the CLI prints it on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ocspproxy.policy import RefreshPolicy
+from ocspproxy.upstream import UpstreamSettings
+
+__all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
+
+DEFAULT_PORT = 2560  # after RFC 2560, the first OCSP RFC; unprivileged
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """systemd's $STATE_DIRECTORY, else the XDG per-user state directory."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/var/lib")) / ".local" / "state")
+    return Path(base) / "ocspproxy"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    state_dir: Path = field(default_factory=default_state_dir)
+    certs: tuple[str, ...] = ()
+    issuers: tuple[Path, ...] = ()
+    apache_config: Path | None = None
+    issuer_urls: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> ocsp_url override
+    log_level: str = "info"
+    log_format: str = "auto"
+    # [server]
+    answer_budget: float = 3.0
+    max_request_bytes: int = 16 * 1024
+    max_tracked_requests: int = 10_000
+    watch_interval: float = 5.0
+    shutdown_timeout: float = 5.0
+    # [cache]
+    memory_max_entries: int = 1_000_000
+    negative_ttl: float = 30.0
+    skew: float = 300.0
+    refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+
+
+def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(key, f"host must be an IP address or localhost, got {host!r}") from None
+    return host, int(port)
+
+
+def _number(minimum: float, maximum: float, *, integer: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        numeric = isinstance(value, int) or (not integer and isinstance(value, float))
+        if isinstance(value, bool) or not numeric:
+            raise ConfigError(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ConfigError(key, f"must be between {minimum} and {maximum}, got {value}")
+        return value if integer else float(value)
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        if value not in options:
+            raise ConfigError(key, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(key, "expected a list of paths")
+    return tuple(value)
+
+
+# section -> key -> (Config attribute or "section.attribute", checker)
+_SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
+    "": {
+        "listen": ("listen", _string),
+        "state_dir": ("state_dir", _string),
+        "certs": ("certs", _strings),
+        "issuers": ("issuers", _strings),
+        "apache_config": ("apache_config", _string),
+        "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
+        "log_format": ("log_format", _choice("auto", "json", "console")),
+    },
+    "server": {
+        "answer_budget": ("answer_budget", _number(0.1, 60)),
+        "max_request_bytes": ("max_request_bytes", _number(256, 1 << 20, integer=True)),
+        "max_tracked_requests": ("max_tracked_requests", _number(0, 10_000_000, integer=True)),
+        "watch_interval": ("watch_interval", _number(0.5, 3600)),
+        "shutdown_timeout": ("shutdown_timeout", _number(0, 600)),
+    },
+    "cache": {
+        "memory_max_entries": ("memory_max_entries", _number(1, 100_000_000, integer=True)),
+        "negative_ttl": ("negative_ttl", _number(0, 3600)),
+        "skew": ("skew", _number(0, 3600)),
+    },
+    "refresh": {
+        "fraction": ("refresh.fraction", _number(0.05, 0.9)),
+        "jitter": ("refresh.jitter", _number(0, 0.5)),
+        "margin": ("refresh.margin", _number(0.01, 0.5)),
+        "retry_initial": ("refresh.retry_initial", _number(0.1, 3600)),
+        "retry_max": ("refresh.retry_max", _number(1, 86400)),
+    },
+    "upstream": {
+        "connect_timeout": ("upstream.connect_timeout", _number(0.1, 120)),
+        "total_timeout": ("upstream.total_timeout", _number(0.1, 600)),
+        "max_per_upstream": ("upstream.max_per_upstream", _number(1, 1024, integer=True)),
+        "max_response_bytes": ("upstream.max_response_bytes", _number(1024, 16 << 20, integer=True)),
+    },
+}
+_PATH_KEYS = {"state_dir", "apache_config"}
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _apply(values: dict[str, Any], sub: dict[str, dict[str, Any]], attr: str, value: Any) -> None:
+    if "." in attr:
+        section, name = attr.split(".", 1)
+        sub.setdefault(section, {})[name] = value
+    else:
+        values[attr] = value
+
+
+def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    values: dict[str, Any] = {}
+    sub: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key == "issuer":
+            values["issuer_urls"] = _issuer_tables(value, base)
+        elif isinstance(value, dict) and key in _SCHEMA and key != "":
+            for name, item in value.items():
+                if name not in _SCHEMA[key]:
+                    raise ConfigError(f"{key}.{name}", "unknown key")
+                attr, check = _SCHEMA[key][name]
+                _apply(values, sub, attr, check(f"{key}.{name}", item))
+        elif key in _SCHEMA[""]:
+            attr, check = _SCHEMA[""][key]
+            checked = check(key, value)
+            if key in _PATH_KEYS:
+                checked = _resolve(base, checked)
+            elif key in ("certs", "issuers"):
+                checked = tuple(str(_resolve(base, v)) for v in checked)
+            _apply(values, sub, attr, checked)
+        else:
+            raise ConfigError(key, "unknown key")
+    return values, sub
+
+
+def _issuer_tables(value: Any, base: Path) -> tuple[tuple[Path, str], ...]:
+    if not isinstance(value, list):
+        raise ConfigError("issuer", "expected [[issuer]] tables")
+    out = []
+    for i, table in enumerate(value):
+        where = f"issuer[{i}]"
+        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url"}:
+            raise ConfigError(where, "expected keys certificate and ocsp_url only")
+        cert = _string(f"{where}.certificate", table.get("certificate"))
+        url = _string(f"{where}.ocsp_url", table.get("ocsp_url"))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
+        out.append((_resolve(base, cert), url))
+    return tuple(out)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read the TOML file (if any), then apply command-line overrides (already typed)."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from exc
+        base = path.parent.resolve()
+    values, sub = _from_table(data, base)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    listen = values.pop("listen", None)
+    if listen is not None:
+        values["listen_host"], values["listen_port"] = parse_listen(listen)
+    if "issuers" in values:
+        values["issuers"] = tuple(Path(p) for p in values["issuers"])
+    if "state_dir" in values:
+        values["state_dir"] = Path(values["state_dir"])
+    if "apache_config" in values:
+        values["apache_config"] = Path(values["apache_config"])
+    config = Config(**values)
+    config = replace(
+        config,
+        refresh=replace(config.refresh, **sub.get("refresh", {})),
+        upstream=replace(config.upstream, **sub.get("upstream", {})),
+    )
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if config.refresh.retry_initial > config.refresh.retry_max:
+        raise ConfigError("refresh.retry_initial", "must not exceed refresh.retry_max")
+    if config.refresh.fraction + config.refresh.jitter >= 1 - config.refresh.margin:
+        raise ConfigError("refresh.fraction", "fraction + jitter must stay below 1 - margin")
+    if config.upstream.connect_timeout > config.upstream.total_timeout:
+        raise ConfigError("upstream.connect_timeout", "must not exceed upstream.total_timeout")

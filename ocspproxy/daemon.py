@@ -1,0 +1,225 @@
+"""Wires the pieces together and owns the lifecycle: load, listen, refresh, reload, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import signal
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from cryptography import x509
+
+from ocspproxy.apache import ApacheConfigError, read_apache_config
+from ocspproxy.config import Config, ConfigError
+from ocspproxy.inventory import CertSource, Inventory, build_inventory
+from ocspproxy.ocsp import CertKey
+from ocspproxy.responder import Responder
+from ocspproxy.scheduler import Job, Scheduler
+from ocspproxy.server import make_app
+from ocspproxy.staples import Staples
+from ocspproxy.store import FileStore, StoreError
+from ocspproxy.upstream import Fetcher
+
+__all__ = ["Daemon", "read_inventory", "utcnow"]
+
+log = structlog.get_logger("ocspproxy")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
+    """Certificates from --cert and from Apache's config. Returns the inventory and the Apache files read.
+
+    Raises ConfigError when Apache's configuration cannot be read at all.
+    """
+    sources = [CertSource(path=p) for p in config.certs]
+    apache_files: tuple[Path, ...] = ()
+    if config.apache_config is not None:
+        try:
+            apache = read_apache_config(config.apache_config)
+        except (ApacheConfigError, OSError) as exc:
+            raise ConfigError("apache_config", str(exc)) from exc
+        apache_files = apache.files_read
+        seen: set[Path] = set()
+        for site in apache.sites:
+            if site.certificate_file in seen:
+                continue  # several vhosts may share one certificate
+            seen.add(site.certificate_file)
+            sources.append(
+                CertSource(
+                    path=str(site.certificate_file),
+                    chain_file=site.chain_file,
+                    ca_file=site.ca_certificate_file,
+                    ca_path=site.ca_certificate_path,
+                )
+            )
+    inventory = build_inventory(sources, config.issuers, dict(config.issuer_urls))
+    return inventory, apache_files
+
+
+def _notify(state: str) -> None:
+    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+    ):
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.inventory, self._apache_files = read_inventory(config)
+        try:
+            store = FileStore(config.state_dir)
+        except StoreError as exc:
+            raise ConfigError("state_dir", str(exc)) from exc
+        self.fetcher = Fetcher(config.upstream)
+        self.staples = Staples(
+            store=store,
+            fetcher=self.fetcher,
+            clock=utcnow,
+            skew=timedelta(seconds=config.skew),
+            negative_ttl=config.negative_ttl,
+            memory_max=config.memory_max_entries,
+        )
+        self.scheduler = Scheduler(
+            staples=self.staples, resolve=self._resolve, policy=config.refresh, clock=utcnow
+        )
+        self.responder = Responder(
+            staples=self.staples,
+            scheduler=self.scheduler,
+            inventory=lambda: self.inventory,
+            budget=config.answer_budget,
+            max_tracked_requests=config.max_tracked_requests,
+        )
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once the listener is open
+        self.address: tuple[str, int] | None = None
+        self._watch_snapshot = self._snapshot()
+
+    def _resolve(self, key: CertKey) -> Job | None:
+        issuer = self.inventory.issuer_for_key(key)
+        if issuer is None:
+            return None
+        url = self.inventory.upstream_for(key, issuer)
+        if url is None:
+            return None
+        return Job(issuer_cert=issuer.cert, name_hash=issuer.name_hashes[key.alg], url=url)
+
+    def _report(self, inventory: Inventory) -> None:
+        for problem in inventory.problems:
+            log.warning("inventory", problem=problem)
+        log.info(
+            "inventory loaded",
+            certificates=len(inventory.targets),
+            issuers=len({id(i) for i in inventory.issuers.values()}),
+            problems=len(inventory.problems),
+        )
+
+    def _track_targets(self) -> None:
+        for key, target in self.inventory.targets.items():
+            if target.url is not None:
+                self.scheduler.track(key)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        self._report(self.inventory)
+        loaded, skipped = self.staples.load(self._issuer_cert)
+        log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
+        await self.fetcher.start()
+        self._track_targets()
+        app = make_app(responder=self.responder, max_request_bytes=self.config.max_request_bytes)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            await self.fetcher.close()
+            log.error(
+                "cannot listen",
+                address=f"{self.config.listen_host}:{self.config.listen_port}",
+                error=str(exc),
+            )
+            return 1
+        self.address = runner.addresses[0][:2]
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        tasks = [asyncio.create_task(self.scheduler.run()), asyncio.create_task(self._watch())]
+        _notify("READY=1")
+        self.ready.set()
+        log.info("listening", address=f"{self.address[0]}:{self.address[1]}", staples=len(self.staples))
+        await self._stop.wait()
+        log.info("shutting down")
+        _notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        await self.fetcher.close()
+        return 0
+
+    def _issuer_cert(self, key: CertKey) -> x509.Certificate | None:
+        issuer = self.inventory.issuer_for_key(key)
+        return None if issuer is None else issuer.cert
+
+    async def reload(self, reason: str) -> None:
+        """Re-read certificates (and Apache's config); on error keep the previous inventory."""
+        try:
+            inventory, apache_files = await asyncio.to_thread(read_inventory, self.config)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the previous certificates", reason=reason, error=str(exc))
+            return
+        self.inventory, self._apache_files = inventory, apache_files
+        self._report(inventory)
+        for key in self.scheduler.tracked():
+            if key not in inventory.targets and inventory.issuer_for_key(key) is None:
+                self.scheduler.untrack(key)
+        self.responder.forget_requested(lambda k: inventory.issuer_for_key(k) is not None)
+        self._track_targets()
+        _notify("READY=1")
+
+    def _snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """What the watched files look like now: certificate files, globs and Apache's config."""
+        paths = {str(p) for p in self.inventory.files} | {str(p) for p in self._apache_files}
+        for pattern in self.config.certs:
+            if glob.has_magic(pattern):
+                paths.update(glob.glob(pattern))  # a new file matching a glob is a change too
+        out = []
+        for path in sorted(paths):
+            try:
+                st = os.stat(path)
+                out.append((path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((path, -1, -1))
+        return tuple(out)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_interval)
+            snapshot = await asyncio.to_thread(self._snapshot)
+            if snapshot != self._watch_snapshot:
+                self._watch_snapshot = snapshot
+                await self.reload("certificate files changed")
+                self._watch_snapshot = await asyncio.to_thread(self._snapshot)

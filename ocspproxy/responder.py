@@ -1,0 +1,101 @@
+"""Answers one CertID: from memory when servable, else one bounded wait on the single upstream fetch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ocspproxy.inventory import Inventory
+from ocspproxy.ocsp import CertId, CertKey
+from ocspproxy.scheduler import Scheduler
+from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.staples import Refreshed, Staples
+
+__all__ = ["Answer", "Outcome", "Responder"]
+
+
+class Outcome(StrEnum):
+    HIT = "hit"  # servable staple in memory
+    MISS = "miss"  # fetched, validated and stored while the client waited
+    EXPIRED = "expired"  # the stored staple passed nextUpdate and no new one could be had
+    FAILING = "failing"  # upstream failed moments ago; not asked again yet
+    FAILED = "failed"  # upstream failed or answered something invalid just now
+    SLOW = "slow"  # upstream did not answer within the budget; the fetch goes on
+    UNAUTHORIZED = "unauthorized"  # issuer not known to us
+    NO_UPSTREAM = "no_upstream"  # issuer known, but no OCSP URL for it
+    MALFORMED = "malformed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    outcome: Outcome
+    staple: Staple | None = None
+    issuer: str | None = None
+    detail: str | None = None
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        staples: Staples,
+        scheduler: Scheduler,
+        inventory: Callable[[], Inventory],
+        budget: float,
+        max_tracked_requests: int,
+    ) -> None:
+        self.staples = staples
+        self.scheduler = scheduler
+        self.inventory = inventory
+        self.budget = budget
+        self.max_tracked_requests = max_tracked_requests
+        self._requested: set[CertKey] = set()  # keys tracked because a client asked, not configured
+
+    async def answer(self, cert_id: CertId) -> Answer:
+        inv = self.inventory()
+        issuer = inv.issuer_for(cert_id)
+        if issuer is None:
+            return Answer(Outcome.UNAUTHORIZED, detail="issuer not known")
+        key = cert_id.key
+        staple = self.staples.servable(key)
+        if staple is not None:
+            return Answer(Outcome.HIT, staple, issuer.name)
+        url = inv.upstream_for(key, issuer)
+        if url is None:
+            return Answer(Outcome.NO_UPSTREAM, issuer=issuer.name, detail="no OCSP URL for this certificate")
+        expired = self.staples.current(key) is not None
+        failing = self.staples.failing(key)
+        if failing is not None:
+            return Answer(Outcome.EXPIRED if expired else Outcome.FAILING, issuer=issuer.name, detail=failing)
+        task = self.staples.refresh(key, issuer_cert=issuer.cert, name_hash=cert_id.issuer_name_hash, url=url)
+        task.add_done_callback(lambda t: self._join(key, t))
+        try:
+            refreshed = await asyncio.wait_for(asyncio.shield(task), self.budget)
+        except TimeoutError:
+            return Answer(Outcome.SLOW, issuer=issuer.name, detail=f"no answer within {self.budget:g}s")
+        if refreshed.staple is not None:
+            return Answer(Outcome.MISS, refreshed.staple, issuer.name)
+        return Answer(
+            Outcome.EXPIRED if expired else Outcome.FAILED, issuer=issuer.name, detail=refreshed.reason
+        )
+
+    def _join(self, key: CertKey, task: asyncio.Task[Refreshed]) -> None:
+        """A requested CertID with a real status joins the pre-fetch set (bounded)."""
+        if task.cancelled() or task.exception() is not None or key in self.scheduler:
+            return
+        staple = task.result().staple
+        if staple is None or staple.status is CertStatus.UNKNOWN:
+            return  # random serials get "unknown": keep scanners from growing the set
+        if len(self._requested) >= self.max_tracked_requests:
+            return
+        self._requested.add(key)
+        self.scheduler.track(key)
+
+    def forget_requested(self, keep: Callable[[CertKey], bool]) -> None:
+        """After a reload: drop requested keys whose issuer is gone."""
+        for key in [k for k in self._requested if not keep(k)]:
+            self._requested.discard(key)
+            self.scheduler.untrack(key)

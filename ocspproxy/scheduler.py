@@ -1,0 +1,169 @@
+"""Pre-fetch: keeps every tracked CertKey's staple fresh, sleeping until the next one is due.
+
+A heap holds one due time per key (monotonic seconds, for sleeping). Due times are computed from wall
+time (validity is wall time) and re-checked when they fire: if the staple was refreshed meanwhile (by a
+request), the key is simply rescheduled. No loop walks every certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from cryptography import x509
+
+from ocspproxy.ocsp import CertKey
+from ocspproxy.policy import RefreshPolicy
+from ocspproxy.staples import Clock, FetchResult, Staples
+
+__all__ = ["Job", "Scheduler"]
+
+log = structlog.get_logger("ocspproxy")
+
+# Longest single sleep: bounds how late a wall-clock jump is noticed.
+_MAX_SLEEP = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Everything needed to fetch one key; resolved from the inventory at fire time."""
+
+    issuer_cert: x509.Certificate
+    name_hash: bytes
+    url: str
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq: int
+    failures: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        staples: Staples,
+        resolve: Callable[[CertKey], Job | None],
+        policy: RefreshPolicy,
+        clock: Clock,
+        rng: random.Random | None = None,
+        max_concurrent: int = 32,
+    ) -> None:
+        self.staples = staples
+        self.resolve = resolve
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._heap: list[tuple[float, int, CertKey]] = []
+        self._entries: dict[CertKey, _Entry] = {}
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __contains__(self, key: CertKey) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def track(self, key: CertKey) -> None:
+        """Keep key fresh from now on; a key already tracked keeps its schedule."""
+        if key in self._entries:
+            return
+        self._entries[key] = _Entry(seq=-1)
+        self._schedule(key, self._delay_from_staple(key) or 0.0)
+
+    def untrack(self, key: CertKey) -> None:
+        self._entries.pop(key, None)  # its heap item goes stale and is dropped when it surfaces
+
+    def tracked(self) -> list[CertKey]:
+        return list(self._entries)
+
+    def _delay_from_staple(self, key: CertKey) -> float | None:
+        """Seconds until the current staple is due, or None when nothing servable is held."""
+        staple = self.staples.servable(key)
+        if staple is None:
+            return None
+        return max(0.0, (self.policy.due(staple, self.rng) - self.clock()).total_seconds())
+
+    def _schedule(self, key: CertKey, delay: float) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.seq = next(self._seq)
+        loop = asyncio.get_running_loop()
+        heapq.heappush(self._heap, (loop.time() + delay, entry.seq, key))
+        self._wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._heap:
+                    await self._sleep(_MAX_SLEEP)
+                    continue
+                due, seq, key = self._heap[0]
+                entry = self._entries.get(key)
+                if entry is None or entry.seq != seq:
+                    heapq.heappop(self._heap)
+                    continue
+                delay = due - loop.time()
+                if delay > 0:
+                    await self._sleep(min(delay, _MAX_SLEEP))
+                    continue
+                heapq.heappop(self._heap)
+                await self._slots.acquire()
+                task = asyncio.create_task(self._fire(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _fire(self, key: CertKey) -> None:
+        try:
+            await self._refresh(key)
+        except Exception:
+            log.exception("refresh failed unexpectedly", key=str(key))
+            self._schedule(key, self.policy.retry_max)
+        finally:
+            self._slots.release()
+
+    async def _refresh(self, key: CertKey) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        delay = self._delay_from_staple(key)
+        if delay is not None and delay > 0:  # refreshed meanwhile by a request
+            self._schedule(key, delay)
+            return
+        job = self.resolve(key)
+        if job is None:
+            log.info("no longer known; not refreshed", key=str(key))
+            self.untrack(key)
+            return
+        outcome = await self.staples.refresh(
+            key, issuer_cert=job.issuer_cert, name_hash=job.name_hash, url=job.url
+        )
+        delay = self._delay_from_staple(key)
+        if outcome.result in (FetchResult.STORED, FetchResult.REVOKED) and delay is not None and delay > 0:
+            entry.failures = 0
+            self._schedule(key, delay)
+            return
+        # Failed, rejected, or the CA still hands out the response we hold: back off.
+        entry.failures += 1
+        retry = self.policy.retry_delay(entry.failures, self.staples.servable(key), self.clock(), self.rng)
+        self._schedule(key, retry.total_seconds())

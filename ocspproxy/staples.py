@@ -1,0 +1,203 @@
+"""The one path that writes staples: fetch -> validate -> accept -> store + memory.
+
+The request path and the scheduler both call ``Staples.refresh``; concurrent calls for one CertKey share
+a single upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+import structlog
+from cachetools import TLRUCache, TTLCache
+from cryptography import x509
+
+from ocspproxy.ocsp import CertKey, build_request
+from ocspproxy.policy import Verdict, accept
+from ocspproxy.staple import Staple
+from ocspproxy.store import Store, StoreError
+from ocspproxy.upstream import Fetcher, UpstreamError
+from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
+
+__all__ = ["Clock", "FetchResult", "Refreshed", "Staples"]
+
+Clock = Callable[[], datetime]
+log = structlog.get_logger("ocspproxy")
+
+# Expired staples stay in memory this long so requests can be told apart as "expired"; never served.
+_EXPIRED_GRACE = timedelta(hours=1)
+
+
+class FetchResult(StrEnum):
+    STORED = "stored"
+    REVOKED = "revoked"  # stored; a good certificate turned revoked
+    SAME = "same"
+    KEPT = "kept"  # valid, but the policy kept the stored staple
+    REJECTED = "rejected"  # invalid response
+    FAILED = "failed"  # no usable answer
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    result: FetchResult
+    reason: str
+    staple: Staple | None  # the servable staple after this fetch, if any
+
+
+class Staples:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        fetcher: Fetcher,
+        clock: Clock,
+        skew: timedelta,
+        negative_ttl: float,
+        memory_max: int,
+    ) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.clock = clock
+        self.skew = skew
+        self._memory: TLRUCache[CertKey, Staple] = TLRUCache(
+            maxsize=memory_max,
+            ttu=lambda _k, staple, _now: (staple.next_update + _EXPIRED_GRACE).timestamp(),
+            timer=lambda: clock().timestamp(),
+        )
+        # Keys whose last fetch failed: requests get tryLater at once instead of asking the CA again.
+        self._failing: TTLCache[CertKey, str] = TTLCache(
+            maxsize=100_000, ttl=negative_ttl, timer=time.monotonic
+        )
+        self._inflight: dict[CertKey, asyncio.Task[Refreshed]] = {}
+        self._store_broken = False
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def current(self, key: CertKey) -> Staple | None:
+        """The staple held for key, servable or recently expired."""
+        return self._memory.get(key)
+
+    def servable(self, key: CertKey) -> Staple | None:
+        staple = self._memory.get(key)
+        return staple if staple is not None and staple.servable(self.clock()) else None
+
+    def failing(self, key: CertKey) -> str | None:
+        return self._failing.get(key)
+
+    def put(self, staple: Staple) -> None:
+        """Hold a validated staple in memory (start-up load and accepted fetches)."""
+        self._memory[staple.key] = staple
+
+    def refresh(
+        self, key: CertKey, *, issuer_cert: x509.Certificate, name_hash: bytes, url: str
+    ) -> asyncio.Task[Refreshed]:
+        """Start (or join) the single upstream fetch for key; the task outlives any one waiter."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh(key, issuer_cert, name_hash, url))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return task
+
+    async def _refresh(
+        self, key: CertKey, issuer_cert: x509.Certificate, name_hash: bytes, url: str
+    ) -> Refreshed:
+        started = time.monotonic()
+        fields: dict[str, object] = {"url": url, "serial": f"{key.serial:x}", "alg": key.alg}
+        try:
+            der = await self.fetcher.fetch(url, build_request(key, name_hash))
+            candidate = validate_response(der, key=key, issuer=issuer_cert, now=self.clock(), skew=self.skew)
+        except UpstreamError as exc:
+            outcome = Refreshed(FetchResult.FAILED, str(exc), self.servable(key))
+        except InvalidResponse as exc:
+            outcome = Refreshed(FetchResult.REJECTED, str(exc), self.servable(key))
+        else:
+            fields.update(
+                cert_status=str(candidate.status),
+                this_update=candidate.this_update.isoformat(),
+                next_update=candidate.next_update.isoformat(),
+                validity_s=int(candidate.validity_seconds),
+            )
+            outcome = await self._accept(candidate)
+        fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        if outcome.result in (FetchResult.FAILED, FetchResult.REJECTED):
+            self._failing[key] = outcome.reason
+            log.warning("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+        else:
+            self._failing.pop(key, None)
+            log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+        return outcome
+
+    async def _accept(self, candidate: Staple) -> Refreshed:
+        now = self.clock()
+        decision = accept(self.current(candidate.key), candidate, now)
+        if not decision.stores:
+            result = FetchResult.SAME if decision.verdict is Verdict.SAME else FetchResult.KEPT
+            return Refreshed(result, decision.reason, self.servable(candidate.key))
+        self.put(candidate)
+        if decision.verdict is Verdict.ALERT:
+            log.critical(
+                "certificate revoked",
+                serial=f"{candidate.key.serial:x}",
+                revoked_at=candidate.revocation_time.isoformat() if candidate.revocation_time else None,
+            )
+        await self._save(candidate)
+        result = FetchResult.REVOKED if decision.verdict is Verdict.ALERT else FetchResult.STORED
+        return Refreshed(result, decision.reason, candidate)
+
+    async def _save(self, staple: Staple) -> None:
+        try:
+            await asyncio.to_thread(self.store.save, staple.key, staple.der)
+        except StoreError as exc:
+            # Keep serving from memory; say so once per change of state, not on every write.
+            if not self._store_broken:
+                log.error("store failing; serving from memory", error=str(exc))
+            self._store_broken = True
+            return
+        if self._store_broken:
+            log.info("store recovered")
+            self._store_broken = False
+
+    def load(self, issuer_of: Callable[[CertKey], x509.Certificate | None]) -> tuple[int, int]:
+        """Load every servable stored staple (before the listener opens). Returns (loaded, skipped).
+
+        Each file is validated again as if fetched now: a damaged, foreign or expired file is reported
+        and skipped, never fatal. Expired files are removed: they can never be served again.
+        """
+        loaded = skipped = 0
+
+        def report(path: str, exc: Exception) -> None:
+            nonlocal skipped
+            skipped += 1
+            log.warning("stored staple unreadable; skipped", path=path, error=str(exc))
+
+        now = self.clock()
+        for key, der in self.store.load_all(report):
+            issuer = issuer_of(key)
+            if issuer is None:
+                skipped += 1
+                log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
+                continue
+            try:
+                staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
+            except ExpiredResponse as exc:
+                skipped += 1
+                log.info("stored staple expired; removed", key=str(key), reason=str(exc))
+                try:
+                    self.store.delete(key)
+                except StoreError as err:
+                    log.warning("cannot remove expired staple", key=str(key), error=str(err))
+                continue
+            except InvalidResponse as exc:
+                skipped += 1
+                log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
+                continue
+            self.put(staple)
+            loaded += 1
+        return loaded, skipped
