@@ -193,10 +193,10 @@ class Daemon:
             return
         self.inventory, self._apache_files = inventory, apache_files
         self._report(inventory)
-        for key in self.scheduler.tracked():
-            if key not in inventory.targets and inventory.issuer_for_key(key) is None:
-                self.scheduler.untrack(key)
         self.responder.forget_requested(lambda k: inventory.issuer_for_key(k) is not None)
+        for key in self.scheduler.tracked():
+            if key not in inventory.targets and not self.responder.requested(key):
+                self.scheduler.untrack(key)  # a replaced or removed certificate
         self._track_targets()
         _notify("READY=1")
 

@@ -73,7 +73,8 @@ class Responder:
         task = self.staples.refresh(key, issuer_cert=issuer.cert, name_hash=cert_id.issuer_name_hash, url=url)
         task.add_done_callback(lambda t: self._join(key, t))
         try:
-            refreshed = await asyncio.wait_for(asyncio.shield(task), self.budget)
+            async with asyncio.timeout(self.budget):
+                refreshed = await asyncio.shield(task)  # the fetch outlives this request
         except TimeoutError:
             return Answer(Outcome.SLOW, issuer=issuer.name, detail=f"no answer within {self.budget:g}s")
         if refreshed.staple is not None:
@@ -93,6 +94,9 @@ class Responder:
             return
         self._requested.add(key)
         self.scheduler.track(key)
+
+    def requested(self, key: CertKey) -> bool:
+        return key in self._requested
 
     def forget_requested(self, keep: Callable[[CertKey], bool]) -> None:
         """After a reload: drop requested keys whose issuer is gone."""

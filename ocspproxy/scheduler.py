@@ -130,8 +130,11 @@ class Scheduler:
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races
+        # with the event, and shutdown would then hang.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _fire(self, key: CertKey) -> None:
         try:

@@ -38,7 +38,9 @@ async def test_get_and_post_return_identical_bytes(ca: TestCA, make_proxy) -> No
     assert posted.status == "SUCCESSFUL"
 
 
-async def test_stored_bytes_are_what_the_ca_signed(ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path: Path):
+async def test_stored_bytes_are_what_the_ca_signed(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path: Path
+):
     leaf = ca.leaf()
     signed = ca.respond(leaf.serial)
     upstream.behaviour = lambda serial: Reply(signed)

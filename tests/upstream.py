@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/ocsp-response"})
     delay: float = 0.0  # seconds before answering
     reset: bool = False  # drop the connection instead of answering
+    chunked: bool = False  # stream the body with chunked encoding (no Content-Length)
 
 
 Behaviour = Callable[[int], Reply | Awaitable[Reply]]
@@ -51,7 +53,21 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
+        if reply.chunked:
+            return await self._stream(request, reply)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    @staticmethod
+    async def _stream(request: web.Request, reply: Reply) -> web.StreamResponse:
+        resp = web.StreamResponse(status=reply.status, headers=reply.headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        # The client may hang up part way (a size cap): that is the point, not an error here.
+        with contextlib.suppress(ConnectionError):
+            for start in range(0, len(reply.body), 8192):
+                await resp.write(reply.body[start : start + 8192])
+            await resp.write_eof()
+        return resp
 
     async def start(self) -> None:
         app = web.Application()
@@ -60,9 +76,13 @@ class FakeUpstream:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
+
+    async def go_down(self) -> None:
+        """A CA outage: stop listening, so connections are refused; stop() is then a no-op."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     async def stop(self) -> None:
         if self._runner is not None:

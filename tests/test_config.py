@@ -1,0 +1,113 @@
+"""Configuration: TOML + flags, one clear error naming the key, exit status 2 from the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocspproxy.config import Config, ConfigError, default_state_dir, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ocspproxy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe(tmp_path: Path) -> None:
+    config = load_config(None)
+    assert config.listen_host == "127.0.0.1"
+    assert config.refresh.fraction == 0.5
+    assert config.answer_budget <= 5
+
+
+def test_example_config_is_complete_and_valid() -> None:
+    config = load_config(ROOT / "config" / "ocspproxy.toml")
+    assert isinstance(config, Config)
+
+
+def test_values_and_relative_paths(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+listen = "127.0.0.1:9000"
+state_dir = "state"
+certs = ["certs/*.pem"]
+[refresh]
+fraction = 0.4
+[upstream]
+max_per_upstream = 2
+[[issuer]]
+certificate = "ca.pem"
+ocsp_url = "http://ocsp.example.test/"
+""",
+    )
+    config = load_config(path)
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 9000)
+    assert config.state_dir == tmp_path / "state"
+    assert config.certs == (str(tmp_path / "certs/*.pem"),)
+    assert config.refresh.fraction == 0.4
+    assert config.upstream.max_per_upstream == 2
+    assert config.issuer_urls == ((tmp_path / "ca.pem", "http://ocsp.example.test/"),)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = "127.0.0.1:9000"\n')
+    assert load_config(path, {"listen": "127.0.0.1:9001"}).listen_port == 9001
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('listen = "nowhere"', "listen"),
+        ('listen = "example.com:80"', "listen"),
+        ("lisen = 1", "lisen"),
+        ("[refresh]\nfraction = 2.0", "refresh.fraction"),
+        ('[refresh]\nfraction = "half"', "refresh.fraction"),
+        ("[upstream]\nmax_per_upstream = 0", "upstream.max_per_upstream"),
+        ("[upstream]\ntimeout = 1", "upstream.timeout"),
+        ('[[issuer]]\ncertificate = "a.pem"\nocsp_url = "ftp://x/"', "issuer[0].ocsp_url"),
+        ('log_format = "xml"', "log_format"),
+        ("certs = [1]", "certs"),
+        ("[refresh]\nretry_initial = 100\nretry_max = 10", "refresh.retry_initial"),
+        ("listen = ", "--config"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key
+
+
+def test_state_dir_follows_systemd_then_xdg() -> None:
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/ocspproxy"}) == Path("/var/lib/ocspproxy")
+    assert default_state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/ocspproxy")
+    assert default_state_dir({"HOME": "/home/a"}) == Path("/home/a/.local/state/ocspproxy")
+
+
+def test_cli_reports_a_bad_config_on_one_line_with_status_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[refresh]\nfraction = 7\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ocspproxy", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refresh.fraction" in lines[0]
+
+
+def test_cli_rejects_a_bad_listen_flag(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ocspproxy", "serve", "--listen", "bogus", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "listen" in result.stderr

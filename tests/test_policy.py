@@ -1,0 +1,110 @@
+"""Accept and refresh policies with an injected clock and seeded randomness."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ocspproxy.ocsp import CertKey
+from ocspproxy.policy import RefreshPolicy, Verdict, accept
+from ocspproxy.staple import CertStatus, Staple
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KEY = CertKey(alg="sha1", issuer_key_hash=b"\x01" * 20, serial=7)
+
+
+def staple(
+    status: CertStatus = CertStatus.GOOD,
+    *,
+    this_update: datetime = T0,
+    validity: timedelta = timedelta(days=1),
+    der: bytes | None = None,
+) -> Staple:
+    return Staple(
+        key=KEY,
+        der=der or f"{status}{this_update.isoformat()}".encode(),
+        status=status,
+        this_update=this_update,
+        next_update=this_update + validity,
+        produced_at=this_update,
+    )
+
+
+def test_first_staple_is_stored() -> None:
+    assert accept(None, staple(), T0).verdict is Verdict.STORE
+
+
+def test_expired_current_is_replaced_by_anything_valid() -> None:
+    old = staple(validity=timedelta(hours=1))
+    new = staple(CertStatus.UNKNOWN, this_update=T0 + timedelta(hours=2))
+    assert accept(old, new, T0 + timedelta(hours=2)).verdict is Verdict.STORE
+
+
+def test_newer_good_replaces_good() -> None:
+    assert accept(staple(), staple(this_update=T0 + timedelta(hours=1)), T0).verdict is Verdict.STORE
+
+
+def test_older_never_replaces_newer() -> None:
+    newer = staple(this_update=T0 + timedelta(hours=1))
+    decision = accept(newer, staple(), T0 + timedelta(hours=1))
+    assert decision.verdict is Verdict.KEEP and not decision.stores
+
+
+def test_same_bytes_are_not_rewritten() -> None:
+    current = staple()
+    assert accept(current, staple(), T0).verdict is Verdict.SAME
+
+
+def test_revoked_replaces_good_at_once_with_an_alert() -> None:
+    decision = accept(staple(), staple(CertStatus.REVOKED, this_update=T0 + timedelta(minutes=1)), T0)
+    assert decision.verdict is Verdict.ALERT and decision.stores
+
+
+def test_unknown_does_not_replace_good() -> None:
+    decision = accept(staple(), staple(CertStatus.UNKNOWN, this_update=T0 + timedelta(minutes=1)), T0)
+    assert decision.verdict is Verdict.KEEP
+
+
+def test_serving_stops_exactly_at_next_update() -> None:
+    s = staple(validity=timedelta(minutes=1))
+    assert s.servable(T0 + timedelta(seconds=59, microseconds=999_999))
+    assert not s.servable(T0 + timedelta(minutes=1))
+
+
+POLICY = RefreshPolicy()
+
+
+@pytest.mark.parametrize("validity", [timedelta(minutes=1), timedelta(hours=1), timedelta(days=10)])
+def test_due_lies_between_fraction_and_margin(validity: timedelta) -> None:
+    rng = random.Random(1)
+    s = staple(validity=validity)
+    dues = [POLICY.due(s, rng) for _ in range(200)]
+    assert all(T0 + validity * 0.5 <= d <= T0 + validity * 0.8 for d in dues)
+    assert len(set(dues)) > 100, "jitter spreads refreshes"
+
+
+@pytest.mark.parametrize("validity", [timedelta(minutes=1), timedelta(hours=1), timedelta(days=10)])
+def test_outage_gets_several_attempts_before_expiry_without_hammering(validity: timedelta) -> None:
+    """From the first due time until nextUpdate, retries back off yet several land before expiry."""
+    rng = random.Random(2)
+    s = staple(validity=validity)
+    now = POLICY.due(s, rng)
+    attempts = 0
+    while s.servable(now):
+        attempts += 1
+        now += POLICY.retry_delay(attempts, s, now, rng)
+    assert attempts >= 4, f"only {attempts} attempts before expiry"
+    # Bounded: no more than one try per retry_min in the worst case, and far fewer for long windows.
+    assert attempts <= validity.total_seconds() / POLICY.retry_min
+    if validity >= timedelta(days=1):
+        assert attempts < 1000
+
+
+def test_retry_without_staple_backs_off_to_the_cap() -> None:
+    rng = random.Random(3)
+    delays = [POLICY.retry_delay(n, None, T0, rng).total_seconds() for n in range(1, 20)]
+    assert delays[0] <= POLICY.retry_initial
+    assert max(delays) <= POLICY.retry_max
+    assert delays[-1] >= POLICY.retry_max / 2

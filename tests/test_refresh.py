@@ -1,0 +1,91 @@
+"""Pre-fetch and refresh through the real daemon, with short validity windows in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+from ocspproxy.policy import RefreshPolicy
+from tests.conftest import eventually
+from tests.pki import TestCA, pem
+from tests.upstream import FakeUpstream, Reply
+
+
+async def test_short_validity_is_refreshed_before_expiry_without_hammering(
+    ca: TestCA, upstream: FakeUpstream, make_proxy
+) -> None:
+    validity = dt.timedelta(seconds=3)
+    upstream.behaviour = lambda serial: Reply(
+        ca.respond(serial, this_update=dt.datetime.now(dt.UTC), validity=validity)
+    )
+    leaf = ca.leaf()
+    key = ca.cert_id(leaf.serial).key
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    seen = set()
+    for _ in range(160):  # ~8 s, well past two validity windows
+        staple = proxy.daemon.staples.servable(key)
+        assert staple is not None, "the staple lapsed: refresh came too late"
+        seen.add(staple.this_update)
+        await asyncio.sleep(0.05)
+    assert len(seen) >= 3, "refreshed several times"
+    # About one fetch per refresh: 8 s / (0.5..0.6 x 3 s) is at most ~6, plus the start-up fetch.
+    assert len(upstream.requests) <= 8
+
+
+async def test_failing_ca_is_retried_with_backoff(ca: TestCA, upstream: FakeUpstream, make_proxy) -> None:
+    upstream.behaviour = lambda serial: Reply(status=500)
+    leaf = ca.leaf()
+    policy = RefreshPolicy(retry_initial=0.2, retry_max=1.0, retry_min=0.05)
+    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
+    await asyncio.sleep(3)
+    # 0.1-0.2, 0.2-0.4, 0.4-0.8, then at most one per 0.5-1.0 s: never a storm.
+    assert 3 <= len(upstream.requests) <= 8
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial))
+    key = ca.cert_id(leaf.serial).key
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=3)
+
+
+async def test_requested_certid_joins_the_prefetch_set(ca: TestCA, make_proxy) -> None:
+    configured, other = ca.leaf(), ca.leaf("other")
+    proxy = await make_proxy(ca=ca, leaves=[configured]).start()
+    answer = await proxy.post(ca.request(other.serial))
+    assert answer.cert_status == "GOOD"
+    assert ca.cert_id(other.serial).key in proxy.daemon.scheduler
+
+
+async def test_unknown_serials_do_not_join_the_prefetch_set(
+    ca: TestCA, upstream: FakeUpstream, make_proxy
+) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()]).start()
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial, status="unknown"))
+    answer = await proxy.post(ca.request(987654321))
+    assert answer.cert_status == "UNKNOWN"
+    assert ca.cert_id(987654321).key not in proxy.daemon.scheduler
+
+
+async def test_changed_certificate_file_is_fetched_without_restart(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path: Path
+) -> None:
+    old = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[old], watch_interval=0.5).start()
+    await eventually(lambda: old.serial in upstream.requests)
+    renewed = ca.leaf()
+    leaf_path = Path(proxy.config.certs[0])
+    leaf_path.write_bytes(pem(renewed.cert))
+    key = ca.cert_id(renewed.serial).key
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+    assert ca.cert_id(old.serial).key not in proxy.daemon.scheduler
+
+
+async def test_reload_with_broken_apache_config_keeps_previous_state(
+    ca: TestCA, make_proxy, tmp_path: Path
+) -> None:
+    leaf = ca.leaf()
+    apache = tmp_path / "httpd.conf"
+    apache.write_text("Listen 443\n")
+    proxy = await make_proxy(ca=ca, leaves=[leaf], apache_config=apache).start()
+    apache.write_text("<VirtualHost *:443>\n")  # unbalanced: unreadable
+    await proxy.daemon.reload("test")
+    assert ca.cert_id(leaf.serial).key in proxy.daemon.inventory.targets
