@@ -136,7 +136,7 @@ def parse_request(der: bytes) -> CertId:
         name_hash = req.issuer_name_hash
     except UnsupportedAlgorithm as exc:
         raise MalformedRequest(str(exc)) from exc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, NotImplementedError) as exc:
         # cryptography refuses requests with several CertIDs; one staple answers one certificate.
         raise MalformedRequest(f"not a single-certificate OCSP request: {exc}") from exc
     if len(key.issuer_key_hash) != hashlib.new(alg).digest_size or len(name_hash) != len(key.issuer_key_hash):

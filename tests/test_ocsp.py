@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import subprocess
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -19,7 +21,7 @@ from ocspproxy.ocsp import (
     error_response,
     parse_request,
 )
-from tests.pki import TestCA
+from tests.pki import TestCA, pem
 
 CA = TestCA()
 SERIAL = 0x1234_5678_9ABC_DEF0_1234
@@ -44,6 +46,19 @@ def test_nonce_does_not_change_the_certid() -> None:
 def test_parse_request_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(MalformedRequest):
         parse_request(bad)
+
+
+def test_request_with_several_certids_is_malformed(tmp_path: Path) -> None:
+    leaves = [CA.leaf(), CA.leaf()]
+    (tmp_path / "ca.pem").write_bytes(pem(CA.cert))
+    args = ["openssl", "ocsp", "-issuer", str(tmp_path / "ca.pem"), "-no_nonce"]
+    args += ["-reqout", str(tmp_path / "r")]
+    for i, leaf in enumerate(leaves):
+        (tmp_path / f"{i}.pem").write_bytes(pem(leaf.cert))
+        args += ["-cert", str(tmp_path / f"{i}.pem")]
+    subprocess.run(args, check=True, capture_output=True)
+    with pytest.raises(MalformedRequest, match="single"):
+        parse_request((tmp_path / "r").read_bytes())
 
 
 def test_build_request_round_trips() -> None:
