@@ -177,6 +177,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
+        await self.staples.close()
         await self.fetcher.close()
         return 0
 

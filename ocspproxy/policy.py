@@ -39,10 +39,11 @@ def accept(current: Staple | None, candidate: Staple, now: datetime) -> Decision
         return Decision(Verdict.STORE, "nothing servable stored")
     if candidate.der == current.der:
         return Decision(Verdict.SAME, "unchanged")
+    turned_revoked = current.status is CertStatus.GOOD and candidate.status is CertStatus.REVOKED
+    if turned_revoked and not current.newer_than(candidate):  # a tie goes to revoked
+        return Decision(Verdict.ALERT, "certificate revoked")
     if not candidate.newer_than(current):
         return Decision(Verdict.KEEP, "older than the stored response")
-    if current.status is CertStatus.GOOD and candidate.status is CertStatus.REVOKED:
-        return Decision(Verdict.ALERT, "certificate revoked")
     if current.status is CertStatus.GOOD and candidate.status is CertStatus.UNKNOWN:
         return Decision(Verdict.KEEP, "unknown does not replace good")
     return Decision(Verdict.STORE, "newer")

@@ -70,7 +70,13 @@ class Responder:
         failing = self.staples.failing(key)
         if failing is not None:
             return Answer(Outcome.EXPIRED if expired else Outcome.FAILING, issuer=issuer.name, detail=failing)
-        task = self.staples.refresh(key, issuer_cert=issuer.cert, name_hash=cert_id.issuer_name_hash, url=url)
+        task = self.staples.refresh(
+            key,
+            issuer_cert=issuer.cert,
+            name_hash=cert_id.issuer_name_hash,
+            url=url,
+            keep_unknown=key in inv.targets or key in self.scheduler,
+        )
         task.add_done_callback(lambda t: self._join(key, t))
         try:
             async with asyncio.timeout(self.budget):

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from ocspproxy.ocsp import CertKey, build_request
 from ocspproxy.policy import Verdict, accept
-from ocspproxy.staple import Staple
+from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.store import Store, StoreError
 from ocspproxy.upstream import Fetcher, UpstreamError
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
@@ -40,6 +40,7 @@ class FetchResult(StrEnum):
     KEPT = "kept"  # valid, but the policy kept the stored staple
     REJECTED = "rejected"  # invalid response
     FAILED = "failed"  # no usable answer
+    PASSED = "passed"  # valid, handed to the waiting client, not kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,13 @@ class Staples:
     def __len__(self) -> int:
         return len(self._memory)
 
+    async def close(self) -> None:
+        """Cancel fetches still in flight (shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def current(self, key: CertKey) -> Staple | None:
         """The staple held for key, servable or recently expired."""
         return self._memory.get(key)
@@ -95,18 +103,28 @@ class Staples:
         self._memory[staple.key] = staple
 
     def refresh(
-        self, key: CertKey, *, issuer_cert: x509.Certificate, name_hash: bytes, url: str
+        self,
+        key: CertKey,
+        *,
+        issuer_cert: x509.Certificate,
+        name_hash: bytes,
+        url: str,
+        keep_unknown: bool = True,
     ) -> asyncio.Task[Refreshed]:
-        """Start (or join) the single upstream fetch for key; the task outlives any one waiter."""
+        """Start (or join) the single upstream fetch for key; the task outlives any one waiter.
+
+        With keep_unknown false, an ``unknown`` answer is handed back but neither stored nor held:
+        a scanner asking for random serials must not fill the disk or memory.
+        """
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._refresh(key, issuer_cert, name_hash, url))
+            task = asyncio.create_task(self._refresh(key, issuer_cert, name_hash, url, keep_unknown))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return task
 
     async def _refresh(
-        self, key: CertKey, issuer_cert: x509.Certificate, name_hash: bytes, url: str
+        self, key: CertKey, issuer_cert: x509.Certificate, name_hash: bytes, url: str, keep_unknown: bool
     ) -> Refreshed:
         started = time.monotonic()
         fields: dict[str, object] = {"url": url, "serial": f"{key.serial:x}", "alg": key.alg}
@@ -124,7 +142,10 @@ class Staples:
                 next_update=candidate.next_update.isoformat(),
                 validity_s=int(candidate.validity_seconds),
             )
-            outcome = await self._accept(candidate)
+            if candidate.status is CertStatus.UNKNOWN and not keep_unknown:
+                outcome = Refreshed(FetchResult.PASSED, "unknown to the CA; handed on, not kept", candidate)
+            else:
+                outcome = await self._accept(candidate)
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         if outcome.result in (FetchResult.FAILED, FetchResult.REJECTED):
             self._failing[key] = outcome.reason

@@ -62,6 +62,15 @@ def test_revoked_replaces_good_at_once_with_an_alert() -> None:
     assert decision.verdict is Verdict.ALERT and decision.stores
 
 
+def test_revoked_wins_a_tie_with_good() -> None:
+    assert accept(staple(), staple(CertStatus.REVOKED), T0).verdict is Verdict.ALERT
+
+
+def test_older_revoked_does_not_replace_newer_good() -> None:
+    newer = staple(this_update=T0 + timedelta(hours=1))
+    assert accept(newer, staple(CertStatus.REVOKED), T0 + timedelta(hours=1)).verdict is Verdict.KEEP
+
+
 def test_unknown_does_not_replace_good() -> None:
     decision = accept(staple(), staple(CertStatus.UNKNOWN, this_update=T0 + timedelta(minutes=1)), T0)
     assert decision.verdict is Verdict.KEEP
