@@ -28,10 +28,16 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """systemd's $STATE_DIRECTORY, else the XDG per-user state directory."""
+def default_state_dir(env: Mapping[str, str] = os.environ, *, root: bool | None = None) -> Path:
+    """systemd's $STATE_DIRECTORY, else /var/lib/ocspproxy for root, else the XDG per-user one.
+
+    The root default is where the systemd unit's StateDirectory= lives, so `ocspproxy apache scan`
+    run by an administrator finds the service's staples.
+    """
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if root if root is not None else os.geteuid() == 0:
+        return Path("/var/lib/ocspproxy")
     base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/var/lib")) / ".local" / "state")
     return Path(base) / "ocspproxy"
 

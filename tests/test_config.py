@@ -86,8 +86,10 @@ def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 
 def test_state_dir_follows_systemd_then_xdg() -> None:
     assert default_state_dir({"STATE_DIRECTORY": "/var/lib/ocspproxy"}) == Path("/var/lib/ocspproxy")
-    assert default_state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/ocspproxy")
-    assert default_state_dir({"HOME": "/home/a"}) == Path("/home/a/.local/state/ocspproxy")
+    assert default_state_dir({"STATE_DIRECTORY": "/s"}, root=True) == Path("/s")
+    assert default_state_dir({}, root=True) == Path("/var/lib/ocspproxy")
+    assert default_state_dir({"XDG_STATE_HOME": "/x"}, root=False) == Path("/x/ocspproxy")
+    assert default_state_dir({"HOME": "/home/a"}, root=False) == Path("/home/a/.local/state/ocspproxy")
 
 
 def test_cli_reports_a_bad_config_on_one_line_with_status_2(tmp_path: Path) -> None:
