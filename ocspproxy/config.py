@@ -56,7 +56,12 @@ class Config:
     # [server]
     answer_budget: float = 3.0
     max_request_bytes: int = 16 * 1024
+    max_connections: int = 1024
+    request_timeout: float = 5.0
+    connection_lifetime: float = 15.0
     max_tracked_requests: int = 10_000
+    fetch_rate_per_issuer: float = 5.0
+    fetch_burst_per_issuer: int = 20
     watch_interval: float = 5.0
     shutdown_timeout: float = 5.0
     # [cache]
@@ -129,7 +134,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
     "server": {
         "answer_budget": ("answer_budget", _number(0.1, 60)),
         "max_request_bytes": ("max_request_bytes", _number(256, 1 << 20, integer=True)),
+        "max_connections": ("max_connections", _number(1, 1_000_000, integer=True)),
+        "request_timeout": ("request_timeout", _number(0.1, 600)),
+        "connection_lifetime": ("connection_lifetime", _number(1, 3600)),
         "max_tracked_requests": ("max_tracked_requests", _number(0, 10_000_000, integer=True)),
+        "fetch_rate_per_issuer": ("fetch_rate_per_issuer", _number(0.01, 10_000)),
+        "fetch_burst_per_issuer": ("fetch_burst_per_issuer", _number(1, 100_000, integer=True)),
         "watch_interval": ("watch_interval", _number(0.5, 3600)),
         "shutdown_timeout": ("shutdown_timeout", _number(0, 600)),
     },
@@ -250,5 +260,7 @@ def _check(config: Config) -> None:
         raise ConfigError("refresh.retry_initial", "must not exceed refresh.retry_max")
     if config.refresh.fraction + config.refresh.jitter >= 1 - config.refresh.margin:
         raise ConfigError("refresh.fraction", "fraction + jitter must stay below 1 - margin")
+    if config.connection_lifetime <= config.answer_budget + config.request_timeout:
+        raise ConfigError("server.connection_lifetime", "must exceed answer_budget + request_timeout")
     if config.upstream.connect_timeout > config.upstream.total_timeout:
         raise ConfigError("upstream.connect_timeout", "must not exceed upstream.total_timeout")

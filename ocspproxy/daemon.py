@@ -21,7 +21,7 @@ from ocspproxy.inventory import CertSource, Inventory, build_inventory
 from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
-from ocspproxy.server import make_app
+from ocspproxy.server import Edge, GuardedServer, Limits
 from ocspproxy.staples import Staples
 from ocspproxy.store import FileStore, StoreError
 from ocspproxy.upstream import Fetcher
@@ -106,6 +106,8 @@ class Daemon:
             inventory=lambda: self.inventory,
             budget=config.answer_budget,
             max_tracked_requests=config.max_tracked_requests,
+            fetch_rate=config.fetch_rate_per_issuer,
+            fetch_burst=config.fetch_burst_per_issuer,
         )
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the listener is open
@@ -146,8 +148,14 @@ class Daemon:
         log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
         await self.fetcher.start()
         self._track_targets()
-        app = make_app(responder=self.responder, max_request_bytes=self.config.max_request_bytes)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.shutdown_timeout)
+        limits = Limits(
+            max_request_bytes=self.config.max_request_bytes,
+            max_connections=self.config.max_connections,
+            request_timeout=self.config.request_timeout,
+            connection_lifetime=self.config.connection_lifetime,
+        )
+        self.server = GuardedServer(Edge(self.responder, limits))
+        runner = web.ServerRunner(self.server, shutdown_timeout=self.config.shutdown_timeout)
         await runner.setup()
         site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
         try:

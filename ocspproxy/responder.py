@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from ocspproxy.inventory import Inventory
 from ocspproxy.ocsp import CertId, CertKey
+from ocspproxy.ratelimit import TokenBucket
 from ocspproxy.scheduler import Scheduler
 from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.staples import Refreshed, Staples
@@ -23,6 +24,7 @@ class Outcome(StrEnum):
     FAILING = "failing"  # upstream failed moments ago; not asked again yet
     FAILED = "failed"  # upstream failed or answered something invalid just now
     SLOW = "slow"  # upstream did not answer within the budget; the fetch goes on
+    LIMITED = "limited"  # too many on-demand fetches for this issuer's unconfigured certificates
     UNAUTHORIZED = "unauthorized"  # issuer not known to us
     NO_UPSTREAM = "no_upstream"  # issuer known, but no OCSP URL for it
     MALFORMED = "malformed"
@@ -46,6 +48,8 @@ class Responder:
         inventory: Callable[[], Inventory],
         budget: float,
         max_tracked_requests: int,
+        fetch_rate: float = 5.0,
+        fetch_burst: float = 20.0,
     ) -> None:
         self.staples = staples
         self.scheduler = scheduler
@@ -53,6 +57,10 @@ class Responder:
         self.budget = budget
         self.max_tracked_requests = max_tracked_requests
         self._requested: set[CertKey] = set()  # keys tracked because a client asked, not configured
+        self._fetch_rate = fetch_rate
+        self._fetch_burst = fetch_burst
+        # One bucket per known issuer: a scanner walking serials cannot make us hammer its CA.
+        self._buckets: dict[str, TokenBucket] = {}
 
     async def answer(self, cert_id: CertId) -> Answer:
         inv = self.inventory()
@@ -70,12 +78,18 @@ class Responder:
         failing = self.staples.failing(key)
         if failing is not None:
             return Answer(Outcome.EXPIRED if expired else Outcome.FAILING, issuer=issuer.name, detail=failing)
+        configured = key in inv.targets or key in self.scheduler
+        # Joining a fetch already under way costs the CA nothing: only new fetches spend tokens.
+        if not configured and not self.staples.fetching(key) and not self._bucket(issuer.name).take():
+            return Answer(
+                Outcome.LIMITED, issuer=issuer.name, detail="on-demand fetch rate for this issuer exceeded"
+            )
         task = self.staples.refresh(
             key,
             issuer_cert=issuer.cert,
             name_hash=cert_id.issuer_name_hash,
             url=url,
-            keep_unknown=key in inv.targets or key in self.scheduler,
+            keep_unknown=configured,
         )
         task.add_done_callback(lambda t: self._join(key, t))
         try:
@@ -88,6 +102,12 @@ class Responder:
         return Answer(
             Outcome.EXPIRED if expired else Outcome.FAILED, issuer=issuer.name, detail=refreshed.reason
         )
+
+    def _bucket(self, issuer: str) -> TokenBucket:
+        bucket = self._buckets.get(issuer)
+        if bucket is None:
+            bucket = self._buckets[issuer] = TokenBucket(rate=self._fetch_rate, burst=self._fetch_burst)
+        return bucket
 
     def _join(self, key: CertKey, task: asyncio.Task[Refreshed]) -> None:
         """A requested CertID with a real status joins the pre-fetch set (bounded)."""

@@ -28,6 +28,8 @@ log = structlog.get_logger("ocspproxy")
 
 # Longest single sleep: bounds how late a wall-clock jump is noticed.
 _MAX_SLEEP = 60.0
+# A change of (wall - monotonic) beyond this is a clock jump: due times are recomputed.
+_JUMP = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class Job:
 class _Entry:
     seq: int
     failures: int = 0
+    due: float = 0.0  # monotonic
 
 
 class Scheduler:
@@ -55,6 +58,8 @@ class Scheduler:
         clock: Clock,
         rng: random.Random | None = None,
         max_concurrent: int = 32,
+        max_sleep: float = _MAX_SLEEP,
+        jump_spread: float = 30.0,
     ) -> None:
         self.staples = staples
         self.resolve = resolve
@@ -67,6 +72,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_sleep = max_sleep
+        self.jump_spread = jump_spread  # keys made due by a jump are spread over this many seconds
+        self._offset: float | None = None
 
     def __contains__(self, key: CertKey) -> bool:
         return key in self._entries
@@ -99,16 +107,35 @@ class Scheduler:
         if entry is None:
             return
         entry.seq = next(self._seq)
-        loop = asyncio.get_running_loop()
-        heapq.heappush(self._heap, (loop.time() + delay, entry.seq, key))
+        entry.due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._heap, (entry.due, entry.seq, key))
         self._wake.set()
+
+    def _check_clock(self, now_mono: float) -> None:
+        """Sleeping uses monotonic time, validity wall time: when the wall clock jumps, recompute
+        every staple-driven due time (back-off timers are monotonic and stay)."""
+        offset = self.clock().timestamp() - now_mono
+        previous, self._offset = self._offset, offset
+        if previous is None or abs(offset - previous) <= _JUMP:
+            return
+        log.warning("wall clock jumped; rescheduling refreshes", seconds=round(offset - previous, 1))
+        self._heap = []
+        for key, entry in self._entries.items():
+            if entry.failures:
+                delay = max(0.0, entry.due - now_mono)
+            else:
+                delay = self._delay_from_staple(key) or 0.0
+                if delay == 0.0:  # made due by the jump: spread them, no storm
+                    delay = self.rng.uniform(0, self.jump_spread)
+            self._schedule(key, delay)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                self._check_clock(loop.time())
                 if not self._heap:
-                    await self._sleep(_MAX_SLEEP)
+                    await self._sleep(self.max_sleep)
                     continue
                 due, seq, key = self._heap[0]
                 entry = self._entries.get(key)
@@ -117,7 +144,7 @@ class Scheduler:
                     continue
                 delay = due - loop.time()
                 if delay > 0:
-                    await self._sleep(min(delay, _MAX_SLEEP))
+                    await self._sleep(min(delay, self.max_sleep))
                     continue
                 heapq.heappop(self._heap)
                 await self._slots.acquire()

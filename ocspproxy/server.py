@@ -6,12 +6,15 @@ tryLater that it may cache and staple for an hour.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from ocspproxy.ocsp import (
     CertId,
@@ -24,12 +27,10 @@ from ocspproxy.ocsp import (
 from ocspproxy.responder import Answer, Outcome, Responder
 from ocspproxy.staple import Staple
 
-__all__ = ["RESPONDER", "make_app"]
+__all__ = ["Edge", "GuardedServer", "Limits"]
 
 log = structlog.get_logger("ocspproxy")
 
-RESPONDER = web.AppKey("responder", Responder)
-MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 CONTENT_TYPE = "application/ocsp-response"
 
@@ -49,7 +50,7 @@ class _TooLarge(MalformedRequest):
     pass
 
 
-async def _request_der(request: web.Request, max_bytes: int) -> bytes:
+async def _request_der(request: web.BaseRequest, max_bytes: int) -> bytes:
     if request.method == "GET":
         return decode_get_path(request.raw_path, max_length=max_bytes)
     if request.content_length is not None and request.content_length > max_bytes:
@@ -84,59 +85,117 @@ def _error_response(status: ResponseStatus, http_status: int = 200) -> web.Respo
     )
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    responder = request.app[RESPONDER]
-    http_status = 200
-    cert_id: CertId | None = None
-    if request.method not in ("GET", "POST"):
-        answer = Answer(Outcome.MALFORMED, detail=f"method {request.method} not allowed")
-        http_status = 405
-    else:
-        try:
-            der = await _request_der(request, request.app[MAX_REQUEST_BYTES])
-            cert_id = parse_request(der)
-        except MalformedRequest as exc:
-            answer = Answer(Outcome.MALFORMED, detail=str(exc))
-            http_status = 413 if isinstance(exc, _TooLarge) else 400
-        if cert_id is not None:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What one client may cost us. mod_ssl sends one small request per connection and closes."""
+
+    max_request_bytes: int = 16 * 1024
+    max_connections: int = 1024  # beyond this, new connections are closed at once
+    request_timeout: float = 5.0  # to receive a request body
+    connection_lifetime: float = 15.0  # any connection is closed after this (slow headers, idlers)
+    keepalive_timeout: float = 5.0
+
+
+class Edge:
+    """Turns one HTTP request into one OCSP answer and one log line."""
+
+    def __init__(self, responder: Responder, limits: Limits) -> None:
+        self.responder = responder
+        self.limits = limits
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        http_status = 200
+        cert_id: CertId | None = None
+        if request.method not in ("GET", "POST"):
+            answer = Answer(Outcome.MALFORMED, detail=f"method {request.method} not allowed")
+            http_status = 405
+        else:
             try:
-                answer = await responder.answer(cert_id)
-            except Exception:
-                log.exception("request failed", serial=f"{cert_id.key.serial:x}")
-                answer = Answer(Outcome.ERROR, detail="internal error")
+                async with asyncio.timeout(self.limits.request_timeout):
+                    der = await _request_der(request, self.limits.max_request_bytes)
+                cert_id = parse_request(der)
+            except MalformedRequest as exc:
+                answer = Answer(Outcome.MALFORMED, detail=str(exc))
+                http_status = 413 if isinstance(exc, _TooLarge) else 400
+            except TimeoutError:
+                answer = Answer(Outcome.MALFORMED, detail="request body too slow")
+                http_status = 408
+            if cert_id is not None:
+                try:
+                    answer = await self.responder.answer(cert_id)
+                except Exception:
+                    log.exception("request failed", serial=f"{cert_id.key.serial:x}")
+                    answer = Answer(Outcome.ERROR, detail="internal error")
 
-    if answer.staple is not None:
-        response = _staple_response(answer.staple, responder.staples.clock())
-    else:
-        response = _error_response(_STATUS_FOR.get(answer.outcome, ResponseStatus.TRY_LATER), http_status)
-        if http_status == 405:
-            response.headers["Allow"] = "GET, POST"
-    if request.version < (1, 1) or not request.keep_alive:
-        response.force_close()
+        if answer.staple is not None:
+            response = _staple_response(answer.staple, self.responder.staples.clock())
+        else:
+            status = _STATUS_FOR.get(answer.outcome, ResponseStatus.TRY_LATER)
+            response = _error_response(status, http_status)
+            if http_status == 405:
+                response.headers["Allow"] = "GET, POST"
+        if request.version < (1, 1) or not request.keep_alive or http_status in (408, 413):
+            response.force_close()
 
-    fields: dict[str, object] = {
-        "method": request.method,
-        "outcome": str(answer.outcome),
-        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        "peer": request.remote,
-    }
-    if cert_id is not None:
-        fields["serial"] = f"{cert_id.key.serial:x}"
-        fields["issuer"] = answer.issuer or cert_id.key.issuer_key_hash.hex()
-    if answer.staple is not None:
-        fields["cert_status"] = str(answer.staple.status)
-        fields["next_update"] = answer.staple.next_update.isoformat()
-    if answer.detail:
-        fields["detail"] = answer.detail
-    log.info("request", **fields)
-    return response
+        fields: dict[str, object] = {
+            "method": request.method,
+            "outcome": str(answer.outcome),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "peer": request.remote,
+        }
+        if cert_id is not None:
+            fields["serial"] = f"{cert_id.key.serial:x}"
+            fields["issuer"] = answer.issuer or cert_id.key.issuer_key_hash.hex()
+        if answer.staple is not None:
+            fields["cert_status"] = str(answer.staple.status)
+            fields["next_update"] = answer.staple.next_update.isoformat()
+        if answer.detail:
+            fields["detail"] = answer.detail
+        log.info("request", **fields)
+        return response
 
 
-def make_app(*, responder: Responder, max_request_bytes: int) -> web.Application:
-    # The body is read by hand with our own cap, so aiohttp's own limit only needs to be above it.
-    app = web.Application(client_max_size=max_request_bytes + 1)
-    app[RESPONDER] = responder
-    app[MAX_REQUEST_BYTES] = max_request_bytes
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+class GuardedServer(web.Server):
+    """aiohttp's low-level server with a connection cap and a lifetime for every connection.
+
+    aiohttp has no timeout for slowly sent headers; closing any connection older than
+    ``connection_lifetime`` bounds what a slow or idle client can hold, and the cap bounds how many.
+    """
+
+    def __init__(self, edge: Edge) -> None:
+        limits = edge.limits
+        super().__init__(
+            edge.handle,
+            access_log=None,
+            keepalive_timeout=limits.keepalive_timeout,
+            max_line_size=limits.max_request_bytes + 64,
+            max_field_size=8190,
+            max_headers=64,
+        )
+        self.limits = limits
+        self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
+        self._refusing = False
+        self.refused = 0
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._timers) >= self.limits.max_connections:
+            self.refused += 1
+            if not self._refusing:
+                log.warning(
+                    "connection limit reached; refusing new connections", limit=self.limits.max_connections
+                )
+                self._refusing = True
+            transport.abort()
+            return
+        if self._refusing:
+            log.info("below the connection limit again", refused=self.refused)
+            self._refusing = False
+        super().connection_made(handler, transport)
+        self._timers[handler] = self._loop.call_later(self.limits.connection_lifetime, transport.close)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        timer = self._timers.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(handler, exc)

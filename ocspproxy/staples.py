@@ -7,7 +7,9 @@ a single upstream request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -75,14 +77,24 @@ class Staples:
             maxsize=100_000, ttl=negative_ttl, timer=time.monotonic
         )
         self._inflight: dict[CertKey, asyncio.Task[Refreshed]] = {}
+        # The store's state, as found by the most recently started write that has finished.
         self._store_broken = False
+        self._write_seq = itertools.count()
+        self._state_seq = -1
+        # Accepted staples the store failed to write; written once it recovers.
+        self._unsaved: dict[CertKey, Staple] = {}
+        # One write at a time per key, so an older staple is never written over a newer one.
+        self._write_locks: weakref.WeakValueDictionary[CertKey, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._flush_task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._memory)
 
     async def close(self) -> None:
         """Cancel fetches still in flight (shutdown)."""
-        tasks = list(self._inflight.values())
+        tasks: list[asyncio.Task[Refreshed] | asyncio.Task[None]] = list(self._inflight.values())
+        if self._flush_task is not None:
+            tasks.append(self._flush_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -94,6 +106,9 @@ class Staples:
     def servable(self, key: CertKey) -> Staple | None:
         staple = self._memory.get(key)
         return staple if staple is not None and staple.servable(self.clock()) else None
+
+    def fetching(self, key: CertKey) -> bool:
+        return key in self._inflight
 
     def failing(self, key: CertKey) -> str | None:
         return self._failing.get(key)
@@ -161,29 +176,73 @@ class Staples:
         if not decision.stores:
             result = FetchResult.SAME if decision.verdict is Verdict.SAME else FetchResult.KEPT
             return Refreshed(result, decision.reason, self.servable(candidate.key))
-        self.put(candidate)
         if decision.verdict is Verdict.ALERT:
             log.critical(
                 "certificate revoked",
                 serial=f"{candidate.key.serial:x}",
                 revoked_at=candidate.revocation_time.isoformat() if candidate.revocation_time else None,
             )
+        # On disk first, then served: a staple ever served survives a crash (a revoked one is not
+        # followed by the older good one after a restart). A failing store does not stop serving it.
         await self._save(candidate)
+        self.put(candidate)
         result = FetchResult.REVOKED if decision.verdict is Verdict.ALERT else FetchResult.STORED
         return Refreshed(result, decision.reason, candidate)
 
-    async def _save(self, staple: Staple) -> None:
-        try:
-            await asyncio.to_thread(self.store.save, staple.key, staple.der)
-        except StoreError as exc:
-            # Keep serving from memory; say so once per change of state, not on every write.
+    async def _save(self, staple: Staple, *, pending: bool = False) -> bool:
+        """Write staple to the store; True once it is there. A failure keeps it to write on recovery.
+
+        The store's state is logged once per change (failing, recovered), as seen by the most recently
+        started write, however many writes fail. With pending, write it only if it is still the one
+        waiting for the store (not superseded meanwhile).
+        """
+        key = staple.key
+        lock = self._write_locks.get(key)
+        if lock is None:
+            lock = self._write_locks[key] = asyncio.Lock()
+        async with lock:
+            if pending and self._unsaved.get(key) is not staple:
+                return True
+            seq = next(self._write_seq)
+            try:
+                await asyncio.to_thread(self.store.save, key, staple.der)
+            except StoreError as exc:
+                self._unsaved[key] = staple
+                self._store_state(seq, exc)
+                return False
+            self._unsaved.pop(key, None)  # what was waiting for this key is older than what was written
+        if self._store_state(seq, None) and self._unsaved and self._flush_task is None:
+            self._flush_task = asyncio.create_task(self._flush())
+        return True
+
+    def _store_state(self, seq: int, error: StoreError | None) -> bool:
+        """Note a write's outcome; log a change of state once. True when the store has just recovered."""
+        if seq < self._state_seq:
+            return False  # a write started before the latest known outcome: says nothing newer
+        self._state_seq = seq
+        if error is not None:
             if not self._store_broken:
-                log.error("store failing; serving from memory", error=str(exc))
-            self._store_broken = True
-            return
-        if self._store_broken:
-            log.info("store recovered")
-            self._store_broken = False
+                log.error("store failing; serving from memory", error=str(error))
+                self._store_broken = True
+            return False
+        if not self._store_broken:
+            return False
+        log.info("store recovered", unsaved=len(self._unsaved))
+        self._store_broken = False
+        return True
+
+    async def _flush(self) -> None:
+        """After a recovery, write the staples accepted while the store was failing (oldest first)."""
+        try:
+            for key, staple in list(self._unsaved.items()):
+                if not staple.servable(self.clock()):
+                    if self._unsaved.get(key) is staple:
+                        del self._unsaved[key]  # never servable again: nothing to keep
+                    continue
+                if not await self._save(staple, pending=True):
+                    return  # failing again; the next recovery starts over
+        finally:
+            self._flush_task = None
 
     def load(self, issuer_of: Callable[[CertKey], x509.Certificate | None]) -> tuple[int, int]:
         """Load every servable stored staple (before the listener opens). Returns (loaded, skipped).

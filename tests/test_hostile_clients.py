@@ -1,0 +1,104 @@
+"""Hostile clients: slow senders, connection floods, broken HTTP, scanners. Each asserts the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from tests.pki import TestCA
+from tests.upstream import FakeUpstream, Reply
+
+FAST = {"answer_budget": 0.5, "request_timeout": 0.5, "connection_lifetime": 1.5}
+
+
+async def open_raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sends until it closes; fails if it does not close in time."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_proxy) -> None:
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
+    port = proxy.daemon.address[1]
+    slow = []
+    for _ in range(20):
+        reader, writer = await open_raw(port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the headers
+        slow.append((reader, writer))
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
+    for reader, writer in slow:
+        await closed_within(reader, 3)
+        writer.close()
+
+
+async def test_slow_body_gets_408_malformed(ca: TestCA, make_proxy) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
+    reader, writer = await open_raw(proxy.daemon.address[1])
+    writer.write(
+        b"POST / HTTP/1.0\r\nContent-Type: application/ocsp-request\r\nContent-Length: 100\r\n\r\n0123"
+    )
+    data = await closed_within(reader, 3)
+    writer.close()
+    assert data.startswith(b"HTTP/1.0 408")
+    assert data.endswith(bytes([0x30, 0x03, 0x0A, 0x01, 0x01]))  # malformedRequest
+
+
+async def test_connection_flood_is_capped_then_recovers(ca: TestCA, make_proxy) -> None:
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], max_connections=50, **FAST).start()
+    port = proxy.daemon.address[1]
+    flood = [await open_raw(port) for _ in range(2000)]
+    await asyncio.sleep(0.2)
+    server = proxy.daemon.server
+    assert len(server.connections) <= 50
+    assert server.refused >= 1900
+    for _, writer in flood:
+        writer.close()
+    await asyncio.sleep(1.6)  # survivors reach their lifetime
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
+
+
+async def test_broken_http_and_huge_paths_do_not_hurt(ca: TestCA, make_proxy) -> None:
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
+    port = proxy.daemon.address[1]
+    for junk in (
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS ClientHello
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"A" * 100_000 + b" HTTP/1.0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nContent-Length: -5\r\n\r\n",
+        b"GET /" + base64.b64encode(b"\x30\x80" * 2000) + b" HTTP/1.0\r\n\r\n",
+    ):
+        reader, writer = await open_raw(port)
+        writer.write(junk)
+        data = await closed_within(reader, 3)
+        writer.close()
+        assert data == b"" or data.startswith(b"HTTP/1.")
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
+
+
+async def test_scanner_of_random_serials_cannot_hammer_the_ca(
+    ca: TestCA, upstream: FakeUpstream, make_proxy
+) -> None:
+    leaf = ca.leaf()
+    # Like a real CA: good for the certificate it issued, unknown for made-up serials.
+    upstream.behaviour = lambda serial: Reply(
+        ca.respond(serial, status="good" if serial == leaf.serial else "unknown")
+    )
+    proxy = await make_proxy(
+        ca=ca, leaves=[leaf], fetch_rate_per_issuer=2.0, fetch_burst_per_issuer=5
+    ).start()
+    await asyncio.sleep(0.1)
+    before = len(upstream.requests)
+    answers = await asyncio.gather(*(proxy.post(ca.request(10_000 + n)) for n in range(200)))
+    asked = len(upstream.requests) - before
+    assert asked <= 7, f"{asked} upstream requests for 200 random serials"
+    limited = [a for a in answers if a.status == "TRY_LATER"]
+    assert len(limited) >= 190
+    # Nothing of theirs is kept: "unknown" answers for unconfigured serials are handed on only.
+    assert len(proxy.daemon.staples) == 1
+    assert len(proxy.daemon.scheduler) == 1

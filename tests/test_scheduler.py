@@ -1,0 +1,122 @@
+"""The scheduler under a fake wall clock: jumps forward and backward neither stall it nor start a storm."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from ocspproxy.ocsp import CertKey
+from ocspproxy.policy import RefreshPolicy
+from ocspproxy.scheduler import Job, Scheduler
+from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.staples import FetchResult, Refreshed, Staples
+from tests.pki import TestCA
+
+VALIDITY = timedelta(hours=1)
+CA = TestCA()
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeStaples:
+    """Stands in for Staples: every refresh yields a fresh one-hour staple at the wall clock's now."""
+
+    def __init__(self, clock: WallClock) -> None:
+        self.clock = clock
+        self.held: dict[CertKey, Staple] = {}
+        self.fetches: list[tuple[CertKey, datetime]] = []
+
+    def servable(self, key: CertKey) -> Staple | None:
+        staple = self.held.get(key)
+        return staple if staple is not None and staple.servable(self.clock()) else None
+
+    def hold(self, key: CertKey, this_update: datetime) -> None:
+        self.held[key] = Staple(
+            key=key,
+            der=this_update.isoformat().encode(),
+            status=CertStatus.GOOD,
+            this_update=this_update,
+            next_update=this_update + VALIDITY,
+            produced_at=this_update,
+        )
+
+    def refresh(self, key: CertKey, **_: object) -> asyncio.Task[Refreshed]:
+        async def fetch() -> Refreshed:
+            self.fetches.append((key, self.clock()))
+            self.hold(key, self.clock())
+            return Refreshed(FetchResult.STORED, "newer", self.held[key])
+
+        return asyncio.create_task(fetch())
+
+
+def make(n: int) -> tuple[Scheduler, FakeStaples, WallClock, list[CertKey]]:
+    clock = WallClock()
+    staples = FakeStaples(clock)
+    keys = [CA.cert_id(serial).key for serial in range(1, n + 1)]
+    for key in keys:
+        staples.hold(key, clock())
+    scheduler = Scheduler(
+        staples=cast(Staples, staples),
+        resolve=lambda key: Job(issuer_cert=CA.cert, name_hash=b"", url="http://ca.test/"),
+        policy=RefreshPolicy(),
+        clock=clock,
+        rng=random.Random(5),
+        max_sleep=0.05,
+        jump_spread=1.0,
+    )
+    return scheduler, staples, clock, keys
+
+
+async def run_for(scheduler: Scheduler, seconds: float) -> None:
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_nothing_is_fetched_before_it_is_due() -> None:
+    scheduler, staples, _, keys = make(50)
+    for key in keys:
+        scheduler.track(key)
+    await run_for(scheduler, 0.3)
+    assert staples.fetches == []
+
+
+async def test_forward_jump_refreshes_everything_once_spread_out() -> None:
+    scheduler, staples, clock, keys = make(50)
+    for key in keys:
+        scheduler.track(key)
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0.1)
+    clock.now += timedelta(minutes=50)  # past every due time, staples still valid
+    await asyncio.sleep(0.3)
+    early = len(staples.fetches)
+    await asyncio.sleep(1.2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sorted(k for k, _ in staples.fetches) == sorted(keys), "each key fetched exactly once"
+    assert early < len(keys), "spread over jump_spread, not all at once"
+
+
+async def test_backward_jump_does_not_stall_refresh() -> None:
+    scheduler, staples, clock, keys = make(10)
+    for key in keys:
+        scheduler.track(key)
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(0.1)
+    clock.now -= timedelta(days=1)  # staples now look a day younger
+    await asyncio.sleep(0.2)
+    assert staples.fetches == [], "no storm"
+    clock.now += timedelta(days=1, minutes=45)  # corrected, and time has moved on past due
+    await asyncio.sleep(1.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sorted(k for k, _ in staples.fetches) == sorted(keys)
