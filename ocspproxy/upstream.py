@@ -62,21 +62,26 @@ class Fetcher:
     async def fetch(self, url: str, request_der: bytes) -> bytes:
         if self._session is None:
             raise RuntimeError("Fetcher.start() was not awaited")
-        async with self._limit(url):
-            try:
-                async with self._session.post(
+        try:
+            # The wait for a slot counts against the total timeout: a CA that hangs must not
+            # queue fetches for longer than total_timeout.
+            async with (
+                asyncio.timeout(self.settings.total_timeout),
+                self._limit(url),
+                self._session.post(
                     url,
                     data=request_der,
                     headers={"Content-Type": "application/ocsp-request"},
                     allow_redirects=False,
-                ) as resp:
-                    if resp.status != 200:
-                        raise UpstreamError(f"HTTP {resp.status}")
-                    return await self._read(resp)
-            except TimeoutError as exc:
-                raise UpstreamError("timed out") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+                ) as resp,
+            ):
+                if resp.status != 200:
+                    raise UpstreamError(f"HTTP {resp.status}")
+                return await self._read(resp)
+        except TimeoutError as exc:
+            raise UpstreamError("timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.settings.max_response_bytes

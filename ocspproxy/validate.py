@@ -50,7 +50,7 @@ def validate_response(
         raise InvalidResponse(f"responder answered {resp.response_status.name}")
     try:
         single = _find_single(resp, key, issuer)
-        not_after = _verify_signer(resp, issuer)
+        not_after = _verify_signer(resp, issuer, single.this_update_utc)
         this_update = single.this_update_utc
         next_update = single.next_update_utc
         produced_at = resp.produced_at_utc
@@ -103,7 +103,9 @@ def _responder_matches(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
     return resp.responder_name == cert.subject
 
 
-def _verify_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> datetime | None:
+def _verify_signer(
+    resp: ocsp.OCSPResponse, issuer: x509.Certificate, this_update: datetime
+) -> datetime | None:
     """Check the signature; return the delegated responder's notAfter (None when the issuer signed)."""
     failures: list[str] = []
     if _responder_matches(resp, issuer):
@@ -113,10 +115,10 @@ def _verify_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> datetim
         except InvalidResponse as exc:
             failures.append(f"issuer: {exc}")
     for cert in resp.certificates:
-        if not _responder_matches(resp, cert):
-            continue
+        if cert == issuer or not _responder_matches(resp, cert):
+            continue  # the issuer itself, included by some responders, was tried above
         try:
-            _check_delegate(resp, cert, issuer)
+            _check_delegate(cert, issuer, this_update)
             _verify_signature(resp, cert)
             return cert.not_valid_after_utc
         except InvalidResponse as exc:
@@ -126,7 +128,7 @@ def _verify_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate) -> datetim
     raise InvalidResponse("; ".join(failures))
 
 
-def _check_delegate(resp: ocsp.OCSPResponse, cert: x509.Certificate, issuer: x509.Certificate) -> None:
+def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, this_update: datetime) -> None:
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
@@ -137,18 +139,18 @@ def _check_delegate(resp: ocsp.OCSPResponse, cert: x509.Certificate, issuer: x50
         eku = None
     if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise InvalidResponse("responder certificate lacks id-kp-OCSPSigning")
-    this_update = next(iter(resp.responses)).this_update_utc
     if not cert.not_valid_before_utc <= this_update <= cert.not_valid_after_utc:
         raise InvalidResponse("responder certificate not valid at thisUpdate")
 
 
 def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
     key = signer.public_key()
+    if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        # cryptography does not expose the PSS parameters of an OCSP response to verify with.
+        raise InvalidResponse("RSASSA-PSS signatures are not supported")
     try:
         algorithm = resp.signature_hash_algorithm
         if isinstance(key, rsa.RSAPublicKey):
-            if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
-                raise InvalidResponse("RSASSA-PSS signatures are not supported")
             if algorithm is None or algorithm.name.lower().replace("-", "") not in HASH_ALGORITHMS:
                 raise InvalidResponse("weak or missing signature hash")
             key.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), algorithm)
