@@ -141,9 +141,13 @@ def parse_request(der: bytes) -> CertId:
         raise MalformedRequest(f"not a single-certificate OCSP request: {exc}") from exc
     if len(key.issuer_key_hash) != hashlib.new(alg).digest_size or len(name_hash) != len(key.issuer_key_hash):
         raise MalformedRequest("CertID hash lengths do not match its algorithm")
+    # Serials are positive (RFC 5280); allow some CAs' overlong ones, not absurd sizes.
+    if key.serial < 0 or key.serial.bit_length() > _MAX_SERIAL_BITS:
+        raise MalformedRequest("CertID serial is negative or too long")
     return CertId(key=key, issuer_name_hash=name_hash)
 
 
+_MAX_SERIAL_BITS = 64 * 8
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/_-]+=*$")
 
 
@@ -161,20 +165,45 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
+def _der_length_from_b64_head(head: str) -> int | None:
+    """Total DER length announced by the first bytes of a base64 text, or None if not a SEQUENCE."""
+    raw = _b64(head[:8])
+    if raw is None or len(raw) < 2 or raw[0] != 0x30:
+        return None
+    first = raw[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if count == 0 or count > 3 or len(raw) < 2 + count:
+        return None
+    return 2 + count + int.from_bytes(raw[2 : 2 + count], "big")
+
+
 def decode_get_path(raw_path: str, *, max_length: int = 4096) -> bytes:
     """Decode an RFC 6960 Appendix A GET path into DER request bytes.
 
     Accepts a path prefix before the base64 (e.g. ``/ocsp/MEIw...``), percent-encoding, '/' and '+'
-    inside the base64, URL-safe base64 and missing padding. The first suffix of the path that decodes
-    to a parseable OCSP request wins.
+    inside the base64, URL-safe base64 and missing padding. The base64 may contain '/', so any
+    segment could start it: a suffix is decoded only when the DER length its first bytes announce
+    matches its own length, which keeps the work linear in the path length.
     """
     if len(raw_path) > max_length:
         raise MalformedRequest("GET path too long")
-    path = raw_path.split("?", 1)[0]
-    segments = path.lstrip("/").split("/")
-    for i in range(len(segments)):
-        candidate = unquote("/".join(segments[i:]))
-        der = _b64(candidate)
+    segments = [unquote(part) for part in raw_path.split("?", 1)[0].lstrip("/").split("/")]
+    count = len(segments)
+    tail_length = [0] * (count + 1)  # len("/".join(segments[i:]))
+    for i in range(count - 1, -1, -1):
+        tail_length[i] = len(segments[i]) + tail_length[i + 1] + (1 if i < count - 1 else 0)
+    padding = len(segments[-1]) - len(segments[-1].rstrip("="))
+    for i in range(count):
+        head, j = segments[i], i + 1
+        while len(head) < 8 and j < count:  # the first 8 characters may span a '/'
+            head += "/" + segments[j]
+            j += 1
+        total = _der_length_from_b64_head(head)
+        if total is None or -(-total * 4 // 3) != tail_length[i] - padding:
+            continue
+        der = _b64("/".join(segments[i:]))
         if der is None:
             continue
         try:

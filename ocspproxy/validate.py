@@ -13,15 +13,34 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from ocspproxy.der import signature_bits_are_whole
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey, hash_name, issuer_key_hash, issuer_name_hash
 from ocspproxy.staple import CertStatus, Staple
 
 __all__ = ["ExpiredResponse", "InvalidResponse", "validate_response"]
+
+
+_RSA = (rsa.RSAPublicKey,)
+_EC = (ec.EllipticCurvePublicKey,)
+_KEY_KIND: dict[x509.ObjectIdentifier, tuple[type, ...]] = {
+    SignatureAlgorithmOID.RSA_WITH_SHA1: _RSA,
+    SignatureAlgorithmOID.RSA_WITH_SHA224: _RSA,
+    SignatureAlgorithmOID.RSA_WITH_SHA256: _RSA,
+    SignatureAlgorithmOID.RSA_WITH_SHA384: _RSA,
+    SignatureAlgorithmOID.RSA_WITH_SHA512: _RSA,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA1: _EC,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA224: _EC,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: _EC,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: _EC,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: _EC,
+    SignatureAlgorithmOID.ED25519: (ed25519.Ed25519PublicKey,),
+    SignatureAlgorithmOID.ED448: (ed448.Ed448PublicKey,),
+}
 
 
 class InvalidResponse(Exception):
@@ -49,6 +68,8 @@ def validate_response(
     if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise InvalidResponse(f"responder answered {resp.response_status.name}")
     try:
+        if not signature_bits_are_whole(der, ocsp_response=True):
+            raise InvalidResponse("signature BIT STRING has unused bits")
         single = _find_single(resp, key, issuer)
         not_after = _verify_signer(resp, issuer, single.this_update_utc)
         this_update = single.this_update_utc
@@ -56,8 +77,12 @@ def validate_response(
         produced_at = resp.produced_at_utc
         status = _STATUS[single.certificate_status]
         revoked_at = single.revocation_time_utc if status is CertStatus.REVOKED else None
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise InvalidResponse(f"unreadable response: {exc}") from exc
+    except InvalidResponse:
+        raise
+    except Exception as exc:
+        # Hostile bytes can make a parser fail in ways no one listed (cryptography raises
+        # TypeError for some Name contents): at this trust boundary any failure means invalid.
+        raise InvalidResponse(f"unreadable response: {type(exc).__name__}: {exc}") from exc
 
     if next_update is None:
         raise InvalidResponse("no nextUpdate: cannot tell how long it may be served")
@@ -130,6 +155,8 @@ def _verify_signer(
 
 def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, this_update: datetime) -> None:
     try:
+        if not signature_bits_are_whole(cert.public_bytes(serialization.Encoding.DER), ocsp_response=False):
+            raise InvalidResponse("responder certificate signature has unused bits")
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
         raise InvalidResponse("responder certificate not issued by the issuer") from exc
@@ -145,9 +172,14 @@ def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, this_updat
 
 def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
     key = signer.public_key()
-    if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+    oid = resp.signature_algorithm_oid
+    if oid == SignatureAlgorithmOID.RSASSA_PSS:
         # cryptography does not expose the PSS parameters of an OCSP response to verify with.
         raise InvalidResponse("RSASSA-PSS signatures are not supported")
+    # signatureAlgorithm is outside the signed bytes: it must name the signer's kind of key.
+    kind = _KEY_KIND.get(oid)
+    if kind is None or not isinstance(key, kind):
+        raise InvalidResponse(f"signature algorithm {oid.dotted_string} does not fit the signer's key")
     try:
         algorithm = resp.signature_hash_algorithm
         if isinstance(key, rsa.RSAPublicKey):

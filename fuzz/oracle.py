@@ -1,0 +1,567 @@
+"""Invariants of the three untrusted-input parsers, shared by the atheris targets and the hypothesis
+properties in ``tests/test_properties.py``.
+
+* ``check_get_path``: ``decode_get_path`` raises nothing but ``MalformedRequest``, and whatever it returns
+  is a request ``check_request`` accepts.
+* ``check_request``: ``parse_request`` raises nothing but ``MalformedRequest``; a CertId it returns agrees
+  with ``cryptography``'s own reading and survives ``build_request``.
+* ``check_response``: ``validate_response`` raises nothing but ``InvalidResponse``, and every response it
+  accepts — for the requested certificate or for any other — passes ``independent_problems``, a second
+  verification written from RFC 6960 with the strict DER reader in ``fuzz/der.py`` (only the signature
+  arithmetic comes from ``cryptography``). An accepted response that fails it is a forged or broken
+  staple ocspproxy would serve.
+
+A violated invariant raises ``InvariantViolation`` (an ``AssertionError``): a crash for the fuzzer, a
+failure for pytest. Problems already reported against ocspproxy are listed in ``KNOWN_BUGS``; they are
+counted in ``STATS`` instead of failing, unless ``FUZZ_STRICT=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp as x509_ocsp
+
+from fuzz import der
+from ocspproxy.ocsp import (
+    HASH_ALGORITHMS,
+    CertId,
+    CertKey,
+    MalformedRequest,
+    build_request,
+    decode_get_path,
+    issuer_key_hash,
+    parse_request,
+)
+from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.validate import InvalidResponse, validate_response
+
+__all__ = [
+    "KNOWN_BUGS",
+    "STATS",
+    "GetEncoding",
+    "InvariantViolation",
+    "ResponseContext",
+    "check_get_path",
+    "check_get_round_trip",
+    "check_request",
+    "check_response",
+    "encode_get_path",
+    "independent_problems",
+    "load_context",
+    "make_request",
+]
+
+FUZZ_DIR = Path(__file__).resolve().parent
+
+# Problems ocspproxy is known to accept, tolerated by the checks until fixed (see fuzz/README.md).
+# Every bug found so far is fixed and pinned by a regression test in tests/test_properties.py.
+KNOWN_BUGS: frozenset[str] = frozenset()
+
+# What the checks saw; the fuzz targets print it, the tests assert on it.
+STATS: Counter[str] = Counter()
+
+
+class InvariantViolation(AssertionError):
+    """An invariant of the parsers does not hold: a bug in ocspproxy (or in this oracle)."""
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def check_request(data: bytes) -> CertId | None:
+    """parse_request(data) raises only MalformedRequest; a CertId it returns is consistent."""
+    try:
+        cert_id = parse_request(data)
+    except MalformedRequest:
+        STATS["request.malformed"] += 1
+        return None
+    except Exception as exc:
+        raise InvariantViolation(f"parse_request raised {type(exc).__name__}: {exc}") from exc
+    STATS["request.parsed"] += 1
+    key = cert_id.key
+    if key.alg not in HASH_ALGORITHMS:
+        raise InvariantViolation(f"CertId with hash algorithm {key.alg!r}")
+    size = hashlib.new(key.alg).digest_size
+    if len(key.issuer_key_hash) != size or len(cert_id.issuer_name_hash) != size:
+        raise InvariantViolation("CertId hash lengths do not match the algorithm")
+    theirs = x509_ocsp.load_der_ocsp_request(data)  # parse_request accepted it, so this must load too
+    if (theirs.serial_number, theirs.issuer_key_hash, theirs.issuer_name_hash) != (
+        key.serial,
+        key.issuer_key_hash,
+        cert_id.issuer_name_hash,
+    ):
+        raise InvariantViolation("parse_request disagrees with cryptography about the CertID")
+    if key.serial < 0 and "negative-serial" in KNOWN_BUGS:
+        STATS["request.known_bug.negative-serial"] += 1
+        return cert_id
+    try:
+        again = parse_request(build_request(key, cert_id.issuer_name_hash))
+    except Exception as exc:
+        raise InvariantViolation(f"build_request of a parsed CertId does not parse: {exc!r}") from exc
+    if again != cert_id:
+        raise InvariantViolation("build_request/parse_request round trip changed the CertId")
+    return cert_id
+
+
+# --------------------------------------------------------------------------------------------- GET paths
+
+
+def check_get_path(path: str, *, max_length: int = 4096) -> bytes | None:
+    """decode_get_path raises only MalformedRequest; what it returns is a request parse_request reads."""
+    try:
+        data = decode_get_path(path, max_length=max_length)
+    except MalformedRequest:
+        STATS["get.malformed"] += 1
+        return None
+    except Exception as exc:
+        raise InvariantViolation(f"decode_get_path raised {type(exc).__name__}: {exc}") from exc
+    STATS["get.decoded"] += 1
+    if check_request(data) is None:
+        raise InvariantViolation("decode_get_path returned bytes parse_request rejects")
+    return data
+
+
+# Characters a path prefix is built from (RFC 3986 unreserved and a few sub-delims). Prefixes are kept
+# far shorter than any base64 OCSP request (>= 80 characters), so none can be one by itself.
+PREFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*,;=:@"
+MAX_PREFIX = 48
+
+
+@dataclass(frozen=True)
+class GetEncoding:
+    """One way a client may put a DER request into an RFC 6960 GET path."""
+
+    urlsafe: bool = False
+    padding: bool = True
+    # Per base64 character (cycled): percent-encode it? Empty: none; (True,): all of them.
+    percent: tuple[bool, ...] = ()
+    lower_hex: bool = False
+    plus_as_space: bool = False  # a '+' decoded to ' ' by something on the way (std base64 only)
+    prefix: tuple[str, ...] = ()  # path segments before the base64
+    query: str = ""
+
+    def valid(self) -> bool:
+        prefix = "/".join(self.prefix)
+        return len(prefix) <= MAX_PREFIX and all(c in PREFIX_ALPHABET for c in prefix.replace("/", ""))
+
+
+def encode_get_path(data: bytes, enc: GetEncoding) -> str:
+    text = (base64.urlsafe_b64encode if enc.urlsafe else base64.b64encode)(data).decode()
+    if not enc.padding:
+        text = text.rstrip("=")
+    if enc.plus_as_space and not enc.urlsafe:
+        text = text.replace("+", " ")
+    if enc.percent:
+        out = []
+        for i, char in enumerate(text):
+            if enc.percent[i % len(enc.percent)] or char == " ":
+                escaped = quote(char, safe="")
+                if escaped == char:
+                    escaped = f"%{ord(char):02X}"
+                out.append(escaped.lower() if enc.lower_hex else escaped)
+            else:
+                out.append(char)
+        text = "".join(out)
+    elif " " in text:
+        text = text.replace(" ", "%20")
+    path = "/" + "".join(segment + "/" for segment in enc.prefix) + text
+    return path + ("?" + enc.query if enc.query else "")
+
+
+def make_request(issuer: x509.Certificate, serial: int, alg: str = "sha1", *, nonce: bool = False) -> bytes:
+    """A DER OCSP request for ``serial`` under ``issuer`` (as tests/pki.py TestCA.request builds it)."""
+    name_hash = hashlib.new(alg, issuer.subject.public_bytes()).digest()
+    builder = x509_ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, issuer_key_hash(issuer, alg), serial, HASH_ALGORITHMS[alg]()
+    )
+    if nonce:
+        builder = builder.add_extension(x509.OCSPNonce(b"0123456789abcdef"), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def check_get_round_trip(data: bytes, enc: GetEncoding) -> str:
+    """A valid request ``data`` put into a GET path as ``enc`` says decodes to exactly ``data``."""
+    path = encode_get_path(data, enc)
+    try:
+        decoded = decode_get_path(path, max_length=max(4096, len(path)))
+    except Exception as exc:
+        raise InvariantViolation(f"decode_get_path({path!r}) raised {type(exc).__name__}: {exc}") from exc
+    if decoded != data:
+        raise InvariantViolation(f"decode_get_path({path!r}) returned other bytes than the request")
+    STATS["get.round_trip"] += 1
+    return path
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+@dataclass
+class ResponseContext:
+    """What a response is checked against: the certificate asked for, its issuer, the responder
+    certificates that issuer really delegated to, the clock, and other certificates (other serials,
+    other issuers) the same bytes must never be accepted for."""
+
+    key: CertKey
+    issuer: x509.Certificate
+    responders: Sequence[x509.Certificate]
+    now: dt.datetime
+    skew: dt.timedelta = dt.timedelta(seconds=300)
+    others: Sequence[tuple[CertKey, x509.Certificate, Sequence[x509.Certificate]]] = ()
+
+
+def check_response(data: bytes, ctx: ResponseContext) -> Staple | None:
+    """validate_response raises only InvalidResponse, and accepts nothing the independent check refuses,
+    neither for ctx.key nor for any of ctx.others. Returns the staple accepted for ctx.key, if any."""
+    accepted = _validate_checked(data, ctx.key, ctx.issuer, ctx.responders, ctx, "requested")
+    for key, issuer, responders in ctx.others:
+        _validate_checked(data, key, issuer, responders, ctx, "other")
+    return accepted
+
+
+def _validate_checked(
+    data: bytes,
+    key: CertKey,
+    issuer: x509.Certificate,
+    responders: Sequence[x509.Certificate],
+    ctx: ResponseContext,
+    which: str,
+) -> Staple | None:
+    try:
+        staple = validate_response(data, key=key, issuer=issuer, now=ctx.now, skew=ctx.skew)
+    except InvalidResponse:
+        STATS[f"response.{which}.rejected"] += 1
+        return None
+    except TypeError as exc:
+        if "name-typeerror" not in KNOWN_BUGS or "X500_UNIQUE_IDENTIFIER" not in str(exc):
+            raise InvariantViolation(f"validate_response raised TypeError: {exc}") from exc
+        STATS["response.known_bug.name-typeerror"] += 1
+        return None
+    except Exception as exc:
+        raise InvariantViolation(f"validate_response raised {type(exc).__name__}: {exc}") from exc
+    problems = independent_problems(
+        data, key=key, issuer=issuer, responders=responders, now=ctx.now, skew=ctx.skew, staple=staple
+    )
+    unknown = [p for p in problems if p.split(":", 1)[0] not in KNOWN_BUGS]
+    if unknown:
+        STATS["response.accepted_invalid"] += 1
+        raise InvariantViolation(
+            f"validate_response accepted, for the {which} certificate {key}, a response that does not "
+            f"verify: {'; '.join(unknown)}"
+        )
+    if problems:
+        for problem in problems:
+            STATS["response.known_bug." + problem.split(":", 1)[0]] += 1
+        STATS[f"response.{which}.accepted_known_bug"] += 1
+    else:
+        STATS[f"response.{which}.accepted"] += 1
+    return staple
+
+
+_HASH_OIDS = {
+    "1.3.14.3.2.26": "sha1",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+# signatureAlgorithm -> (key type, hash); RFC 5758 (ECDSA), RFC 4055 (RSA), RFC 8410 (EdDSA).
+_SIG_ALGS: dict[str, tuple[str, str | None]] = {
+    "1.2.840.10045.4.3.2": ("ec", "sha256"),
+    "1.2.840.10045.4.3.3": ("ec", "sha384"),
+    "1.2.840.10045.4.3.4": ("ec", "sha512"),
+    "1.2.840.113549.1.1.11": ("rsa", "sha256"),
+    "1.2.840.113549.1.1.12": ("rsa", "sha384"),
+    "1.2.840.113549.1.1.13": ("rsa", "sha512"),
+    "1.3.101.112": ("ed25519", None),
+}
+_OCSP_BASIC = "1.3.6.1.5.5.7.48.1.1"
+_TIME = re.compile(rb"^(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)Z$")
+
+
+class _Problem(Exception):
+    pass
+
+
+def _need(condition: bool, problem: str) -> None:
+    if not condition:
+        raise _Problem(problem)
+
+
+def _kids(tlv: der.Tlv, tag: int, what: str) -> list[der.Tlv]:
+    _need(tlv.tag == tag, f"structure: {what} has tag {tlv.tag:#x}, not {tag:#x}")
+    return der.children(tlv)
+
+
+def _time(tlv: der.Tlv) -> dt.datetime:
+    match = _TIME.match(tlv.content)
+    _need(tlv.tag == 0x18 and match is not None, "structure: not a DER GeneralizedTime")
+    assert match is not None
+    try:
+        year, month, day, hour, minute, second = (int(g) for g in match.groups())
+        return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
+    except ValueError:
+        raise _Problem("structure: impossible date") from None
+
+
+@dataclass(frozen=True)
+class _Cert:
+    raw: bytes
+    tbs: bytes
+    sig_alg: str
+    inner_sig_alg: str
+    unused_bits: int
+    signature: bytes
+    subject: bytes
+    key_bits: bytes
+
+
+def _cert(raw: bytes) -> _Cert:
+    cert, sig_alg, sig = der.children(der.parse(raw))
+    tbs = der.children(cert)
+    if tbs[0].tag == 0xA0:
+        tbs = tbs[1:]
+    _serial, inner_alg, _issuer, _validity, subject, spki = tbs[:6]
+    _alg, bits = der.children(spki)
+    _need(sig.tag == der.BIT_STRING and len(sig.content) > 1, "structure: certificate signature")
+    return _Cert(
+        raw=raw,
+        tbs=cert.raw,
+        sig_alg=der.decode_oid(der.children(sig_alg)[0]),
+        inner_sig_alg=der.decode_oid(der.children(inner_alg)[0]),
+        unused_bits=sig.content[0],
+        signature=sig.content[1:],
+        subject=subject.raw,
+        key_bits=bits.content[1:],
+    )
+
+
+def _verify(public_key: object, sig_alg: str, signature: bytes, signed: bytes, what: str) -> list[str]:
+    """[] if signature verifies; 'sigalg-key-mismatch' when only the named key type is wrong."""
+    kind, hash_name = _SIG_ALGS.get(sig_alg, ("?", None))
+    _need(kind != "?", f"sigalg: {what} signature algorithm {sig_alg} not allowed")
+    actual = {
+        ec.EllipticCurvePublicKey: "ec",
+        rsa.RSAPublicKey: "rsa",
+        ed25519.Ed25519PublicKey: "ed25519",
+    }
+    key_kind = next((k for cls, k in actual.items() if isinstance(public_key, cls)), "other")
+    problems = []
+    if key_kind != kind:
+        problems.append(f"sigalg-key-mismatch: {what} names a {kind} signature, the key is {key_kind}")
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            _need(hash_name in _HASHES, f"sigalg: {what}: ECDSA without a hash")
+            assert hash_name is not None
+            public_key.verify(signature, signed, ec.ECDSA(_HASHES[hash_name]))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            _need(hash_name in _HASHES, f"sigalg: {what}: RSA without a hash")
+            assert hash_name is not None
+            public_key.verify(signature, signed, padding.PKCS1v15(), _HASHES[hash_name])
+        elif isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, signed)
+        else:
+            raise _Problem(f"signature: {what}: unexpected key type {type(public_key).__name__}")
+    except InvalidSignature:
+        raise _Problem(f"signature: {what} does not verify") from None
+    return problems
+
+
+def independent_problems(
+    data: bytes,
+    *,
+    key: CertKey,
+    issuer: x509.Certificate,
+    responders: Sequence[x509.Certificate],
+    now: dt.datetime,
+    skew: dt.timedelta,
+    staple: Staple,
+) -> list[str]:
+    """Why ``data`` must not have been accepted as ``staple`` for ``key`` ([] when it is right to).
+
+    Problems are "code: detail"; codes in KNOWN_BUGS are tolerated by the checks above.
+    """
+    try:
+        return _problems(
+            data, key, issuer, {c.public_bytes(Encoding.DER): c for c in responders}, now, skew, staple
+        )
+    except _Problem as problem:
+        return [str(problem)]
+    except der.DerError as exc:
+        return [f"structure: {exc}"]
+    except (ValueError, IndexError) as exc:  # an element with the wrong number of parts
+        return [f"structure: {exc!r}"]
+
+
+def _problems(
+    data: bytes,
+    key: CertKey,
+    issuer: x509.Certificate,
+    responders: dict[bytes, x509.Certificate],
+    now: dt.datetime,
+    skew: dt.timedelta,
+    staple: Staple,
+) -> list[str]:
+    problems: list[str] = []
+    _need(staple.der == data, "staple: its bytes are not the response's")
+    _need(staple.key == key, "staple: for another key")
+
+    # OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, responseBytes [0] EXPLICIT ResponseBytes }
+    status, wrapped = _kids(der.parse(data), 0x30, "OCSPResponse")
+    _need(status.tag == 0x0A and status.content == b"\x00", "status: not successful")
+    (response_bytes,) = _kids(wrapped, 0xA0, "responseBytes")
+    oid, octets = _kids(response_bytes, 0x30, "ResponseBytes")
+    _need(der.decode_oid(oid) == _OCSP_BASIC and octets.tag == 0x04, "structure: not id-pkix-ocsp-basic")
+
+    # BasicOCSPResponse ::= SEQUENCE { tbsResponseData, signatureAlgorithm, signature BIT STRING,
+    #                                  certs [0] EXPLICIT SEQUENCE OF Certificate OPTIONAL }
+    basic = _kids(der.parse(octets.content), 0x30, "BasicOCSPResponse")
+    _need(len(basic) in (3, 4), "structure: BasicOCSPResponse")
+    tbs, sig_alg_seq, sig = basic[:3]
+    sig_alg_parts = _kids(sig_alg_seq, 0x30, "signatureAlgorithm")
+    sig_alg = der.decode_oid(sig_alg_parts[0])
+    _need(sig.tag == der.BIT_STRING and len(sig.content) > 1, "structure: signature")
+    if sig.content[0]:
+        problems.append(f"unused-bits: the response signature BIT STRING has {sig.content[0]} unused bits")
+    certs: list[bytes] = []
+    if len(basic) == 4:
+        (seq,) = _kids(basic[3], 0xA0, "certs")
+        certs = [c.raw for c in _kids(seq, 0x30, "certs")]
+
+    # ResponseData ::= SEQUENCE { version [0] DEFAULT v1, responderID, producedAt, responses, [1] ext }
+    fields = _kids(tbs, 0x30, "tbsResponseData")
+    if fields and fields[0].tag == 0xA0:
+        fields = fields[1:]
+    _need(len(fields) in (3, 4), "structure: ResponseData")
+    responder_id, produced, singles = fields[:3]
+    produced_at = _time(produced)
+
+    issuer_der = _cert(issuer.public_bytes(Encoding.DER))
+
+    def names(cert: _Cert) -> bool:
+        (inner,) = der.children(responder_id)
+        if responder_id.tag == 0xA1:
+            return inner.raw == cert.subject
+        _need(responder_id.tag == 0xA2 and inner.tag == 0x04, "structure: ResponderID")
+        return inner.content == hashlib.sha1(cert.key_bits).digest()
+
+    # The signer: the issuer itself, or a responder certificate the issuer really delegated to.
+    cap: dt.datetime | None = None
+    validity = (now, now)
+    if names(issuer_der):
+        problems += _verify(issuer.public_key(), sig_alg, sig.content[1:], tbs.raw, "response")
+    else:
+        signer = None
+        for raw in certs:
+            cert = _cert(raw)
+            if not names(cert):
+                continue
+            trusted = responders.get(raw)
+            if trusted is None and cert.unused_bits:
+                # The same certificate with its signature BIT STRING's unused-bits octet changed?
+                sig_start = len(raw) - len(cert.signature) - 1
+                restored = raw[:sig_start] + b"\x00" + raw[sig_start + 1 :]
+                trusted = responders.get(restored)
+                if trusted is not None:
+                    problems.append(
+                        f"unused-bits: the responder certificate's signature: {cert.unused_bits} unused bits"
+                    )
+            if trusted is not None:
+                signer = trusted
+                if cert.sig_alg != cert.inner_sig_alg:
+                    problems.append("sigalg: certificate signatureAlgorithm differs from its tbsCertificate")
+                break
+        _need(signer is not None, "signer: neither the issuer nor a responder certificate it delegated to")
+        assert signer is not None
+        problems += _verify(signer.public_key(), sig_alg, sig.content[1:], tbs.raw, "response")
+        validity = (signer.not_valid_before_utc, signer.not_valid_after_utc)
+        cap = signer.not_valid_after_utc
+
+    # The SingleResponse for the requested certificate, under its own hash algorithm.
+    match = None
+    for single in _kids(singles, 0x30, "responses"):
+        parts = _kids(single, 0x30, "SingleResponse")
+        cert_id = _kids(parts[0], 0x30, "CertID")
+        alg_parts = _kids(cert_id[0], 0x30, "hashAlgorithm")
+        alg = _HASH_OIDS.get(der.decode_oid(alg_parts[0]))
+        if alg is None or der.decode_int(cert_id[3]) != key.serial:
+            continue
+        if (cert_id[1].content, cert_id[2].content) == (
+            hashlib.new(alg, issuer_der.subject).digest(),
+            hashlib.new(alg, issuer_der.key_bits).digest(),
+        ):
+            match = parts
+            break
+    _need(match is not None, "certid: no SingleResponse names the requested certificate")
+    assert match is not None
+    cert_status, this = match[1], _time(match[2])
+    next_tlv = next((p for p in match[3:] if p.tag == 0xA0), None)
+    _need(next_tlv is not None, "time: no nextUpdate")
+    assert next_tlv is not None
+    next_update = _time(der.children(next_tlv)[0])
+    state = {0x80: CertStatus.GOOD, 0xA1: CertStatus.REVOKED, 0x82: CertStatus.UNKNOWN}.get(cert_status.tag)
+    _need(state is not None, "status: unknown CertStatus")
+    _need(state == staple.status, f"status: staple says {staple.status}, response says {state}")
+    if state is CertStatus.REVOKED:
+        _need(staple.revocation_time == _time(der.children(cert_status)[0]), "status: revocation time")
+    if cap is not None:
+        _need(validity[0] <= this <= validity[1], "signer: responder certificate not valid at thisUpdate")
+    effective = min(next_update, cap) if cap is not None else next_update
+    _need(this <= now + skew, "time: thisUpdate in the future")
+    _need(this < next_update, "time: nextUpdate not after thisUpdate")
+    _need(effective > now, "time: expired")
+    _need(
+        (staple.this_update, staple.next_update, staple.produced_at) == (this, effective, produced_at),
+        "staple: times differ from the response's",
+    )
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ fuzz fixture
+
+CA_DIR = FUZZ_DIR / "ca"
+CORPUS_DIR = FUZZ_DIR / "corpus"
+
+
+def load_context(ca_dir: Path = CA_DIR) -> ResponseContext:
+    """The committed test PKI of fuzz/ca (written by fuzz/make_corpus.py) as a ResponseContext."""
+    meta = json.loads((ca_dir / "meta.json").read_text())
+    issuer = x509.load_pem_x509_certificate((ca_dir / "issuer.pem").read_bytes())
+    responders = x509.load_pem_x509_certificates((ca_dir / "responder.pem").read_bytes())
+    other = x509.load_pem_x509_certificate((ca_dir / "other-issuer.pem").read_bytes())
+    other_responders = x509.load_pem_x509_certificates((ca_dir / "other-responder.pem").read_bytes())
+    serial = int(meta["serial"])
+
+    def key_for(cert: x509.Certificate, number: int) -> CertKey:
+        return CertKey(alg="sha1", issuer_key_hash=issuer_key_hash(cert, "sha1"), serial=number)
+
+    return ResponseContext(
+        key=key_for(issuer, serial),
+        issuer=issuer,
+        responders=responders,
+        now=dt.datetime.fromisoformat(meta["now"]),
+        skew=dt.timedelta(seconds=int(meta["skew"])),
+        others=[
+            (key_for(issuer, serial + 1), issuer, responders),
+            (key_for(issuer, serial - 1), issuer, responders),
+            (key_for(other, serial), other, other_responders),
+        ],
+    )
