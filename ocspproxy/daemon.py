@@ -23,7 +23,7 @@ from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
 from ocspproxy.server import Edge, GuardedServer, Limits
 from ocspproxy.staples import Staples
-from ocspproxy.store import FileStore, StoreError
+from ocspproxy.store import FileStore
 from ocspproxy.upstream import Fetcher
 
 __all__ = ["Daemon", "read_inventory", "utcnow"]
@@ -84,10 +84,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.inventory, self._apache_files = read_inventory(config)
-        try:
-            store = FileStore(config.state_dir)
-        except StoreError as exc:
-            raise ConfigError("state_dir", str(exc)) from exc
+        store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
             store=store,

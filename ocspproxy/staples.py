@@ -232,7 +232,7 @@ class Staples:
         return True
 
     async def _flush(self) -> None:
-        """After a recovery, write the staples accepted while the store was failing (oldest first)."""
+        """After a recovery, write the staples accepted while the store was failing."""
         try:
             for key, staple in list(self._unsaved.items()):
                 if not staple.servable(self.clock()):

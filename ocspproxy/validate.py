@@ -178,7 +178,9 @@ def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None
         raise InvalidResponse("RSASSA-PSS signatures are not supported")
     # signatureAlgorithm is outside the signed bytes: it must name the signer's kind of key.
     kind = _KEY_KIND.get(oid)
-    if kind is None or not isinstance(key, kind):
+    if kind is None:
+        raise InvalidResponse(f"unsupported signature algorithm {oid.dotted_string}")
+    if not isinstance(key, kind):
         raise InvalidResponse(f"signature algorithm {oid.dotted_string} does not fit the signer's key")
     try:
         algorithm = resp.signature_hash_algorithm

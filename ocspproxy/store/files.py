@@ -2,40 +2,117 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import structlog
 
 from ocspproxy.ocsp import CertKey
 from ocspproxy.store.base import StoreError
 
 __all__ = ["FileStore"]
 
+log = structlog.get_logger("ocspproxy")
+
 _NAME = re.compile(r"^(sha1|sha256|sha384|sha512)-([0-9a-f]{40,128})-([0-9a-f]{1,80})\.der$")
 _TMP_PREFIX = ".tmp-"
 # OCSP responses are small; anything bigger in the state directory is not ours.
 MAX_FILE_BYTES = 1 << 20
+# Entries are opened without following a symbolic link and without blocking (on a FIFO swapped in).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class FileStore:
     """Files named ``<hash alg>-<issuer key hash>-<serial>.der`` in one private directory.
 
-    Writes go to a temporary file in the same directory, are fsynced, renamed over the old file, and
-    the directory is fsynced, so a crash at any moment leaves the old or the new file. Leftover
-    temporary files are removed when the store opens.
+    Writes go to a temporary file in the same directory, are written in full and fsynced, renamed over
+    the old file, and the directory is fsynced, so a crash at any moment leaves the old or the new file.
+    A failed write (disk full, read-only file system) removes its temporary file and leaves the old file
+    as it was. Leftover temporary files are removed when the store opens.
+
+    The directory is created mode 0700 and missing parents at most 0755, whatever the umask; files are
+    0600. An existing directory that group or others may access is tightened to 0700 when this user owns
+    it and it holds nothing but staple files; otherwise a warning is logged and it is left alone.
+
+    Opening never fails: a directory that cannot be created or used (a file in its place, a read-only
+    file system) is logged, ``load_all`` reports it, and every ``save`` raises ``StoreError`` (and tries
+    the directory again) until it is usable, while the daemon serves from memory.
+
+    Only regular files are loaded. Symbolic links inside the directory are never followed, whether they
+    point inside or outside it: a link could make ocspproxy load, and then serve, a response kept
+    anywhere. They are reported and skipped like FIFOs, directories, empty and oversized files. The
+    state directory itself may be a symbolic link.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._open()
         except OSError as exc:
-            raise StoreError(f"cannot create state directory {directory}: {exc.strerror}") from exc
-        for leftover in directory.glob(_TMP_PREFIX + "*"):
-            leftover.unlink(missing_ok=True)
+            log.error(
+                "state directory unusable; serving from memory",
+                state_dir=str(directory),
+                error=exc.strerror or str(exc),
+            )
+
+    def _open(self, *, remove_leftovers: bool = True) -> None:
+        """Create or check the directory, remove leftover temporary files. Raises OSError if unusable."""
+        created = self._make_directory()
+        st = os.stat(self.directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(self.directory))
+        if not created and stat.S_IMODE(st.st_mode) & 0o077:
+            self._tighten(st)
+        for name in os.listdir(self.directory) if remove_leftovers else ():
+            if name.startswith(_TMP_PREFIX):
+                try:
+                    (self.directory / name).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot remove leftover temporary file", path=name, error=exc.strerror)
+
+    def _make_directory(self) -> bool:
+        """``mkdir -p``: the directory 0700, parents at most 0755. True if this call created it."""
+        missing: list[Path] = []
+        path = self.directory
+        while not os.path.lexists(path) and path != path.parent:
+            missing.append(path)
+            path = path.parent
+        if not missing:
+            return False
+        for parent in reversed(missing[1:]):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent, 0o755)  # the umask can only take bits away: never group-writable
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            return False  # made meanwhile by someone else: checked like any existing directory
+        os.chmod(self.directory, 0o700)  # a umask such as 0277 would leave it unwritable
+        return True
+
+    def _tighten(self, st: os.stat_result) -> None:
+        where = {"state_dir": str(self.directory), "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
+        if st.st_uid != os.geteuid():
+            log.warning("state directory is not private; not ours to change", **where)
+            return
+        foreign = [
+            n for n in os.listdir(self.directory) if not _NAME.match(n) and not n.startswith(_TMP_PREFIX)
+        ]
+        if foreign:
+            log.warning("state directory is not private; it holds other files, left as it is", **where)
+            return
+        try:
+            os.chmod(self.directory, 0o700)
+        except OSError as exc:
+            log.warning("state directory is not private; cannot change it", error=exc.strerror, **where)
+            return
+        log.warning("state directory was not private; changed to 0700", **where)
 
     def path_for(self, key: CertKey) -> Path:
         return self.directory / f"{key}.der"
@@ -43,33 +120,46 @@ class FileStore:
     def save(self, key: CertKey, der: bytes) -> None:
         final = self.path_for(key)
         tmp = self.directory / f"{_TMP_PREFIX}{final.name}.{secrets.token_hex(4)}"
+        tmp_exists = False
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            if not os.path.isdir(self.directory):
+                # Unusable so far: perhaps mounted or repaired since. Temporary files found now may
+                # belong to concurrent saves of other keys: left alone.
+                self._open(remove_leftovers=False)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            tmp_exists = True
             try:
-                os.write(fd, der)
+                rest = memoryview(der)
+                while rest:  # a short write (disk full) raises on the next one; never rename a torso
+                    rest = rest[os.write(fd, rest) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
+            tmp_exists = False
             self._sync_directory()
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {final}: {exc.strerror or exc}") from exc
+            if tmp_exists:
+                try:
+                    tmp.unlink()
+                except OSError as err:
+                    log.warning("cannot remove temporary file", path=str(tmp), error=err.strerror)
+            raise _error(f"cannot write {final}", exc) from exc
 
     def load(self, key: CertKey) -> bytes | None:
         try:
             return self._read(self.path_for(key))
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path_for(key)}: {exc.strerror or exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise _error(f"cannot read {self.path_for(key)}", exc) from exc
 
     def delete(self, key: CertKey) -> None:
         try:
             self.path_for(key).unlink(missing_ok=True)
             self._sync_directory()
         except OSError as exc:
-            raise StoreError(f"cannot delete {self.path_for(key)}: {exc.strerror or exc}") from exc
+            raise _error(f"cannot delete {self.path_for(key)}", exc) from exc
 
     def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[tuple[CertKey, bytes]]:
         try:
@@ -88,21 +178,42 @@ class FileStore:
                 continue
             key = CertKey(alg=alg, issuer_key_hash=bytes.fromhex(key_hash), serial=int(serial, 16))
             try:
-                yield key, self._read(path)
+                der = self._read(path)
             except (OSError, ValueError) as exc:
                 on_error(str(path), exc)
+                continue
+            yield key, der
 
     @staticmethod
     def _read(path: Path) -> bytes:
-        with path.open("rb") as f:
+        """A regular file's bytes; never through a symbolic link. Raises OSError or ValueError."""
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise ValueError("a symbolic link; not followed")
+        if not stat.S_ISREG(mode):
+            raise ValueError("not a regular file")
+        fd = os.open(path, _READ_FLAGS)  # O_NOFOLLOW: swapped for a link since lstat fails with ELOOP
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
             data = f.read(MAX_FILE_BYTES + 1)
+        if not data:
+            raise ValueError("empty file")
         if len(data) > MAX_FILE_BYTES:
             raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
         return data
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _error(what: str, exc: OSError | ValueError) -> StoreError:
+    """A StoreError naming the path, keeping the errno (ENOSPC, EROFS ...) when there is one."""
+    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    error = StoreError(f"{what}: {reason}")
+    error.errno = exc.errno if isinstance(exc, OSError) else None
+    return error
