@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocspproxy import __version__
+from ocspproxy import __version__, apache_commands
 from ocspproxy.config import Config, ConfigError, load_config
 from ocspproxy.daemon import Daemon
 from ocspproxy.log import configure_logging
@@ -45,14 +45,61 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
+    _apache_parser(commands.add_parser("apache", help="set up Apache httpd to staple through ocspproxy"))
     return parser
+
+
+def _apache_parser(apache: argparse.ArgumentParser) -> None:
+    actions = apache.add_subparsers(dest="action", required=True)
+    config_help = "ocspproxy's TOML configuration (listen, state_dir, answer_budget)"
+    apache_help = "Apache's main configuration file (default: from apachectl -V, or the usual places)"
+    scan = actions.add_parser("scan", help="list TLS virtual hosts and whether they can staple")
+    scan.add_argument("--apache-config", type=Path, metavar="FILE", help=apache_help)
+    scan.add_argument("--state-dir", type=Path, help="ocspproxy's state directory (as for serve)")
+    scan.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    scan.add_argument("--json", action="store_true", help="print a JSON array, one object per TLS site")
+    snippet = actions.add_parser("snippet", help="print Apache configuration to staple through ocspproxy")
+    snippet.add_argument("--proxy-url", metavar="URL", help="ocspproxy's http:// URL (default: from listen)")
+    snippet.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    snippet.add_argument("--apache-config", type=Path, metavar="FILE", help=apache_help)
+    install = actions.add_parser(
+        "install", help="write and enable that configuration, test it, undo on failure"
+    )
+    install.add_argument("--apache-config", type=Path, metavar="FILE", help=apache_help)
+    install.add_argument("--proxy-url", metavar="URL", help="ocspproxy's http:// URL (default: from listen)")
+    install.add_argument("--config", type=Path, metavar="FILE", help=config_help)
+    install.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    install.add_argument("--reload", action="store_true", help="reload Apache gracefully after the test")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "apache":
+        return _apache(args)
     return 2
+
+
+def _apache(args: argparse.Namespace) -> int:
+    if args.action == "scan":
+        return apache_commands.scan_command(
+            apache_config=args.apache_config,
+            state_dir=args.state_dir,
+            config_file=args.config,
+            as_json=args.json,
+        )
+    if args.action == "snippet":
+        return apache_commands.snippet_command(
+            proxy_url=args.proxy_url, config_file=args.config, apache_config=args.apache_config
+        )
+    return apache_commands.install_command(
+        apache_config=args.apache_config,
+        proxy_url=args.proxy_url,
+        config_file=args.config,
+        dry_run=args.dry_run,
+        reload=args.reload,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -17,7 +17,17 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
 
-__all__ = ["CertSource", "Inventory", "Issuer", "Target", "build_inventory", "load_certificates", "ocsp_url"]
+__all__ = [
+    "CertSource",
+    "Inventory",
+    "Issuer",
+    "Target",
+    "build_inventory",
+    "ca_path_certificates",
+    "find_issuer",
+    "load_certificates",
+    "ocsp_url",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +144,16 @@ def _issued_by(leaf: x509.Certificate, candidate: x509.Certificate) -> bool:
     return True
 
 
+def find_issuer(leaf: x509.Certificate, candidates: Iterable[x509.Certificate]) -> x509.Certificate | None:
+    """The first candidate that directly issued leaf (same name, signature verifies), or None."""
+    return next((c for c in candidates if _issued_by(leaf, c)), None)
+
+
+def ca_path_certificates(directory: Path) -> list[x509.Certificate]:
+    """Every certificate in the files of a directory like SSLCACertificatePath (other files skipped)."""
+    return _ca_path_certs(directory)
+
+
 def _ca_path_certs(directory: Path) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for entry in sorted(directory.iterdir()):
@@ -191,7 +211,7 @@ def _add_certificate(inv: Inventory, path: Path, source: CertSource, pool: list[
         return
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()
-    issuer_cert = next((c for c in [*certs[1:], *extra, *pool] if _issued_by(leaf, c)), None)
+    issuer_cert = find_issuer(leaf, [*certs[1:], *extra, *pool])
     if issuer_cert is None:
         inv.problems.append(f"certificate {path} ({subject}): issuer not found; give it with --issuers")
         return

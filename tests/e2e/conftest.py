@@ -27,6 +27,7 @@ import pytest
 
 from .peers import (
     Apache,
+    ApacheTree,
     ManagedProcess,
     OcspProxy,
     OcspResponder,
@@ -57,7 +58,7 @@ def pytest_runtest_makereport(
     for proc in list(ManagedProcess.ACTIVE.values()):
         lines = 150 if isinstance(proc, OcspProxy) else 60
         report.sections.append((f"log of {proc.name} ({proc.log_path})", tail(proc.log_path, lines)))
-        if isinstance(proc, Apache):
+        if isinstance(proc, Apache | ApacheTree):
             report.sections.append(
                 (f"error log of {proc.name} ({proc.error_log})", tail(proc.error_log, lines))
             )
@@ -76,7 +77,7 @@ def e2e_tools() -> None:
     pytest.skip(message)
 
 
-def _apache_account() -> tuple[str, str]:
+def apache_account() -> tuple[str, str]:
     for user, group in (("www-data", "www-data"), ("nobody", "nogroup"), ("nobody", "nobody")):
         try:
             pwd.getpwnam(user)
@@ -114,7 +115,7 @@ def new_proxy(pki: Pki, base: Path) -> OcspProxy:
 
 
 def new_apache(pki: Pki, server_root: Path, force_url: str) -> Apache:
-    user, group = _apache_account()
+    user, group = apache_account()
     vhosts = [VHost(free_port(), pki.good), VHost(free_port(), pki.revoked)]
     return Apache(server_root, vhosts, force_url, user=user, group=group)
 

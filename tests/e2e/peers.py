@@ -1021,3 +1021,147 @@ def describe(observations: Iterable[Observation]) -> str:
                 else f"{obs.started:%H:%M:%S} {s.response_status}/{s.cert_status}"
             )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# a Debian-style Apache tree (apache2.conf, envvars, mods-/conf-/sites-enabled), for `apache install`
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DebianTree:
+    """``<root>/apache2.conf`` laid out like /etc/apache2, with one TLS vhost and no stapling directive.
+
+    Runtime files go to ``<root>/run`` and ``<root>/logs`` through ``envvars`` (as on Debian, where
+    apache2ctl sources it).  ``with_shmcb=False`` leaves mod_socache_shmcb out, so a ``shmcb:``
+    stapling cache makes the config test fail.
+    """
+
+    root: Path
+    port: int
+    leaf_cert: Path  # the SSLCertificateFile (may not exist, for a broken tree)
+    leaf_key: Path
+    user: str
+    group: str
+    with_shmcb: bool = True
+
+    @property
+    def main_file(self) -> Path:
+        return self.root / "apache2.conf"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def error_log(self) -> Path:
+        return self.root / "logs" / "error.log"
+
+    def environment(self) -> dict[str, str]:
+        """What envvars exports (the harness starts apache2 directly, like apache2ctl would)."""
+        return {
+            "APACHE_RUN_USER": self.user,
+            "APACHE_RUN_GROUP": self.group,
+            "APACHE_RUN_DIR": str(self.run_dir),
+            "APACHE_PID_FILE": str(self.run_dir / "apache2.pid"),
+            "APACHE_LOCK_DIR": str(self.run_dir),
+            "APACHE_LOG_DIR": str(self.root / "logs"),
+        }
+
+    def write(self) -> DebianTree:
+        root = self.root
+        for sub in (
+            "conf-available",
+            "conf-enabled",
+            "mods-enabled",
+            "sites-enabled",
+            "run",
+            "logs",
+            "htdocs",
+        ):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "htdocs" / "index.html").write_text("ocspproxy e2e\n")
+        (root / "envvars").write_text(
+            "# envvars - default environment variables for apache2ctl (ocspproxy e2e tree)\nunset HOME\n"
+            + "".join(f"export {name}={value}\n" for name, value in self.environment().items())
+            + "export LANG=C\n"
+        )
+        (root / "apache2.conf").write_text(
+            """# A trimmed Debian apache2.conf (ocspproxy e2e)
+DefaultRuntimeDir ${APACHE_RUN_DIR}
+PidFile ${APACHE_PID_FILE}
+Timeout 30
+User ${APACHE_RUN_USER}
+Group ${APACHE_RUN_GROUP}
+ServerName localhost
+ErrorLog ${APACHE_LOG_DIR}/error.log
+LogLevel warn ssl:debug
+GracefulShutdownTimeout 3
+IncludeOptional mods-enabled/*.load
+IncludeOptional mods-enabled/*.conf
+Include ports.conf
+<Directory />
+\tRequire all denied
+</Directory>
+IncludeOptional conf-enabled/*.conf
+IncludeOptional sites-enabled/*.conf
+"""
+        )
+        modules = ["mpm_event", "authz_core", "ssl", *(["socache_shmcb"] if self.with_shmcb else [])]
+        for name in modules:
+            (root / "mods-enabled" / f"{name}.load").write_text(
+                f"LoadModule {name}_module {APACHE_MODULES_DIR / f'mod_{name}.so'}\n"
+            )
+        (root / "mods-enabled" / "mpm_event.conf").write_text(
+            "<IfModule mpm_event_module>\n\tStartServers 1\n\tServerLimit 2\n\tThreadsPerChild 8\n"
+            "\tMinSpareThreads 1\n\tMaxSpareThreads 16\n\tMaxRequestWorkers 16\n</IfModule>\n"
+        )
+        (root / "ports.conf").write_text(
+            f"<IfModule ssl_module>\n\tListen 127.0.0.1:{self.port}\n</IfModule>\n"
+        )
+        (root / "conf-available" / "security.conf").write_text("ServerTokens Prod\n")
+        (root / "conf-enabled" / "security.conf").symlink_to("../conf-available/security.conf")
+        (root / "sites-enabled" / "default-ssl.conf").write_text(
+            f"""<IfModule mod_ssl.c>
+\t<VirtualHost 127.0.0.1:{self.port}>
+\t\tServerName localhost
+\t\tDocumentRoot {root}/htdocs
+\t\tSSLEngine on
+\t\tSSLCertificateFile {self.leaf_cert}
+\t\tSSLCertificateKeyFile {self.leaf_key}
+\t</VirtualHost>
+</IfModule>
+"""
+        )
+        return self
+
+
+class ApacheTree(ManagedProcess):
+    """``apache2 -d ROOT -f apache2.conf -DFOREGROUND`` for a DebianTree, in envvars' environment."""
+
+    def __init__(self, tree: DebianTree) -> None:
+        super().__init__(f"apache2 tree (:{tree.port})", tree.port, tree.root / "logs" / "stdout.log")
+        self.tree = tree
+        self.error_log = tree.error_log
+
+    def command(self) -> list[str]:
+        apache = find_apache() or "apache2"
+        return [apache, "-d", str(self.tree.root), "-f", str(self.tree.main_file), "-DFOREGROUND"]
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), **self.tree.environment()}
+
+
+def run_ocspproxy(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """``python -m ocspproxy ARGS`` from the repository, output captured as text."""
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "ocspproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )

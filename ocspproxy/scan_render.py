@@ -1,0 +1,122 @@
+"""Scan reports as JSON objects and as readable text (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ocspproxy.scan import SiteReport
+
+__all__ = ["render_text", "to_json"]
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def to_json(reports: Sequence[SiteReport]) -> list[dict[str, Any]]:
+    """One object per site; ``problem`` is the first problem's text (null when none), ``problems`` all."""
+    out: list[dict[str, Any]] = []
+    for r in reports:
+        site = r.site
+        out.append(
+            {
+                "vhost": site.vhost,
+                "server_name": site.server_name,
+                "config_file": str(site.config_file),
+                "line": site.line,
+                "certificate_file": str(site.certificate_file),
+                "subject": r.subject,
+                "serial": r.serial,
+                "issuer_found": r.issuer_source is not None,
+                "issuer": r.issuer,
+                "issuer_source": r.issuer_source,
+                "ocsp_url": r.ocsp_url,
+                "use_stapling": site.use_stapling,
+                "stapling_force_url": site.stapling_force_url,
+                "through_ocspproxy": r.through_ocspproxy,
+                "stapling_possible": r.stapling_possible,
+                "staple_status": r.staple_status,
+                "staple_next_update": _iso(r.staple_next_update),
+                "staple_file": None if r.staple_file is None else str(r.staple_file),
+                "problem": r.problems[0].message if r.problems else None,
+                "problems": [{"kind": p.kind, "message": p.message, "fix": p.fix} for p in r.problems],
+            }
+        )
+    return out
+
+
+def _stapling(r: SiteReport) -> str:
+    site = r.site
+    state = {True: "on", False: "off", None: "not set (off)"}[site.use_stapling]
+    force = site.stapling_force_url
+    if force is None:
+        where = "the CA directly (no SSLStaplingForceURL)"
+    elif r.through_ocspproxy:
+        where = f"ocspproxy at {force}"
+    else:
+        where = f"{force} (SSLStaplingForceURL; not ocspproxy)"
+    return f"SSLUseStapling {state}; {'asks' if site.use_stapling else 'would ask'} {where}"
+
+
+def _staple(r: SiteReport) -> str:
+    if r.staple_status is None:
+        return "cannot tell (no issuer)" if r.serial else "cannot tell"
+    text = r.staple_status
+    if r.staple_next_update is not None:
+        text += f", nextUpdate {_iso(r.staple_next_update)}"
+    if r.staple_status == "missing":
+        text += " (nothing stored yet: is ocspproxy running with this certificate?)"
+    elif r.staple_status == "unreadable":
+        text += f" ({r.staple_file} cannot be read: run as ocspproxy's user or root)"
+    return text
+
+
+def _block(r: SiteReport) -> list[str]:
+    site = r.site
+    title = site.server_name or "(no ServerName)"
+    rows = [
+        ("vhost", f"<VirtualHost {site.vhost}>" if site.vhost != "_default_" else "main server"),
+        ("defined at", f"{site.config_file}:{site.line}"),
+        ("certificate", str(site.certificate_file)),
+    ]
+    if r.subject is not None:
+        rows += [("subject", r.subject), ("serial", r.serial or "")]
+        issuer = f"found in {r.issuer_source} ({r.issuer})" if r.issuer_source else "NOT FOUND"
+        rows.append(("issuer", issuer))
+        rows.append(("OCSP URL", r.ocsp_url or "none"))
+    rows += [
+        ("stapling", _stapling(r)),
+        ("via ocspproxy", "possible" if r.stapling_possible else "NOT possible"),
+        ("staple", _staple(r)),
+    ]
+    lines = [title]
+    lines += [f"  {label:<15}{value}" for label, value in rows]
+    for p in r.problems:
+        lines.append(f"  PROBLEM        {p.message}")
+        if p.fix:
+            lines.append(f"    fix:         {p.fix}")
+    return lines
+
+
+def render_text(
+    reports: Sequence[SiteReport], *, main_file: Path, found_how: str, files_read: int, state_dir: Path
+) -> str:
+    lines = [
+        f"Apache configuration: {main_file} ({found_how}; {files_read} files read)",
+        f"ocspproxy state directory: {state_dir}",
+        "",
+    ]
+    if not reports:
+        lines += ["No TLS virtual host (no SSLCertificateFile in effect).", ""]
+    for r in reports:
+        lines += [*_block(r), ""]
+    possible = sum(r.stapling_possible for r in reports)
+    with_problems = sum(bool(r.problems) for r in reports)
+    lines.append(
+        f"{len(reports)} TLS site{'s' if len(reports) != 1 else ''}: {possible} can staple through "
+        f"ocspproxy, {with_problems} with problems."
+    )
+    return "\n".join(lines) + "\n"
