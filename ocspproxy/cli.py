@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ocspproxy import __version__, apache_commands
@@ -103,7 +103,6 @@ def _apache(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-
     overrides = {
         "listen": args.listen,
         "state_dir": args.state_dir.resolve() if args.state_dir else None,
@@ -118,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)
         configure_logging(level=config.log_level, fmt=config.log_format)
-        return asyncio.run(_run(config))
+        return asyncio.run(_run(config, lambda: load_config(args.config, overrides)))
     except ConfigError as exc:
         print(f"ocspproxy: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -126,6 +125,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 130
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, reread: Callable[[], Config]) -> int:
     # The daemon is built inside the loop: its asyncio primitives belong to it.
-    return await Daemon(config).run()
+    return await Daemon(config, reread=reread).run()

@@ -8,6 +8,8 @@ import glob
 import os
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +67,17 @@ def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
     return inventory, apache_files
 
 
+_RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
+
+
+def _apply_reloadable(current: Config, new: Config) -> Config:
+    changed = [f.name for f in fields(Config) if getattr(current, f.name) != getattr(new, f.name)]
+    later = [name for name in changed if name not in _RELOADABLE]
+    if later:
+        log.warning("configuration changes that take effect after a restart", keys=later)
+    return replace(current, **{name: getattr(new, name) for name in _RELOADABLE})
+
+
 def _notify(state: str) -> None:
     """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -81,8 +94,9 @@ def _notify(state: str) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reread: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reread = reread  # reads the configuration again (file + the same flags) on reload
         self.inventory, self._apache_files = read_inventory(config)
         store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
         self.fetcher = Fetcher(config.upstream)
@@ -191,12 +205,26 @@ class Daemon:
         return None if issuer is None else issuer.cert
 
     async def reload(self, reason: str) -> None:
-        """Re-read certificates (and Apache's config); on error keep the previous inventory."""
+        """Re-read the configuration and the certificates; on any error keep what works now.
+
+        Certificate settings (certs, issuers, apache_config, [[issuer]]) apply at once; other keys
+        take effect at the next restart. A configured certificate file that cannot be read keeps its
+        previous certificate (a renewal half-way through must not drop a staple).
+        """
         try:
-            inventory, apache_files = await asyncio.to_thread(read_inventory, self.config)
+            config = await asyncio.to_thread(self._reread) if self._reread else self.config
+            inventory, apache_files = await asyncio.to_thread(read_inventory, config)
         except ConfigError as exc:
-            log.error("reload failed; keeping the previous certificates", reason=reason, error=str(exc))
+            log.error("reload failed; keeping the previous configuration", reason=reason, error=str(exc))
             return
+        self.config = _apply_reloadable(self.config, config)
+        for key, target in self.inventory.targets.items():
+            if target.path in inventory.unreadable and key not in inventory.targets:
+                log.warning(
+                    "certificate file unreadable; keeping its previous certificate", path=str(target.path)
+                )
+                inventory.targets[key] = target
+                inventory.add_issuer(target.issuer)
         self.inventory, self._apache_files = inventory, apache_files
         self._report(inventory)
         self.responder.forget_requested(lambda k: inventory.issuer_for_key(k) is not None)

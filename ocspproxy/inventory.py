@@ -76,6 +76,7 @@ class Inventory:
     targets: dict[CertKey, Target] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     files: dict[Path, float] = field(default_factory=dict)  # certificate files read, with mtimes
+    unreadable: set[Path] = field(default_factory=set)  # configured certificate files that failed
 
     def add_issuer(self, issuer: Issuer) -> Issuer:
         known = self.issuers.get(("sha1", issuer.key_hashes["sha1"]))
@@ -208,6 +209,7 @@ def _add_certificate(inv: Inventory, path: Path, source: CertSource, pool: list[
             extra.extend(_ca_path_certs(source.ca_path))
     except (OSError, ValueError) as exc:
         inv.problems.append(f"certificate {path}: unreadable ({exc})")
+        inv.unreadable.add(path)
         return
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()

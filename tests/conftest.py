@@ -66,6 +66,7 @@ class Proxy:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.reread: Callable[[], Config] | None = None  # what SIGHUP re-reads, as the CLI passes it
         self.daemon: Daemon | None = None
         self._task: asyncio.Task[int] | None = None
 
@@ -75,7 +76,7 @@ class Proxy:
         return f"http://127.0.0.1:{self.daemon.address[1]}"
 
     async def start(self) -> Proxy:
-        self.daemon = Daemon(self.config)
+        self.daemon = Daemon(self.config, reread=self.reread)
         self._task = asyncio.create_task(self.daemon.run(handle_signals=False))
         ready = asyncio.create_task(self.daemon.ready.wait())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED, timeout=10)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
+from ocspproxy.config import load_config
 from ocspproxy.policy import RefreshPolicy
 from tests.conftest import eventually
 from tests.pki import TestCA, pem
@@ -93,3 +95,33 @@ async def test_reload_with_broken_apache_config_keeps_previous_state(
     apache.write_text("<VirtualHost *:443>\n")  # unbalanced: unreadable
     await proxy.daemon.reload("test")
     assert ca.cert_id(leaf.serial).key in proxy.daemon.inventory.targets
+
+
+async def test_unreadable_certificate_file_keeps_its_previous_certificate(
+    ca: TestCA, make_proxy, tmp_path: Path
+) -> None:
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    key = ca.cert_id(leaf.serial).key
+    Path(proxy.config.certs[0]).write_text("-----BEGIN CERTIFICATE-----\nhalf-written\n")
+    await proxy.daemon.reload("test")
+    assert key in proxy.daemon.inventory.targets and key in proxy.daemon.scheduler
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
+
+
+async def test_reload_rereads_the_config_and_keeps_it_when_broken(
+    ca: TestCA, make_proxy, tmp_path: Path
+) -> None:
+    first, second = ca.leaf(), ca.leaf("second")
+    proxy = make_proxy(ca=ca, leaves=[first, second])
+    config_file = tmp_path / "ocspproxy.toml"
+    config_file.write_text(f'certs = ["{proxy.config.certs[0]}"]\n')  # drops the second certificate
+    proxy.reread = lambda: dataclasses.replace(proxy.config, certs=load_config(config_file).certs)
+    await proxy.start()
+    assert len(proxy.daemon.inventory.targets) == 2
+    await proxy.daemon.reload("SIGHUP")
+    assert list(proxy.daemon.inventory.targets) == [ca.cert_id(first.serial).key]
+    config_file.write_text("[refresh]\nfraction = 7\n")
+    await proxy.daemon.reload("SIGHUP")  # logged; the previous configuration stays
+    assert list(proxy.daemon.inventory.targets) == [ca.cert_id(first.serial).key]
+    assert proxy.daemon.config.refresh.fraction == 0.5
