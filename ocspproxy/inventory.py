@@ -77,6 +77,28 @@ class Inventory:
     problems: list[str] = field(default_factory=list)
     files: dict[Path, float] = field(default_factory=dict)  # certificate files read, with mtimes
     unreadable: set[Path] = field(default_factory=set)  # configured certificate files that failed
+    # (issuer name, authority key id) -> issuer already proven by a signature: one check per CA,
+    # not one per certificate (100,000 signature checks would dominate start-up).
+    _proven: dict[tuple[bytes, bytes], x509.Certificate] = field(default_factory=dict, repr=False)
+    _by_cert: dict[x509.Certificate, Issuer] = field(default_factory=dict, repr=False)
+
+    def issuer_of_cert(self, cert: x509.Certificate) -> Issuer:
+        issuer = self._by_cert.get(cert)
+        if issuer is None:
+            issuer = self._by_cert[cert] = self.add_issuer(Issuer.of(cert))
+        return issuer
+
+    def find_issuer(
+        self, leaf: x509.Certificate, candidates: list[x509.Certificate]
+    ) -> x509.Certificate | None:
+        aki = _authority_key_id(leaf)
+        memo = (leaf.issuer.public_bytes(), aki) if aki else None
+        if memo is not None and memo in self._proven:
+            return self._proven[memo]
+        found = find_issuer(leaf, candidates)
+        if found is not None and memo is not None:
+            self._proven[memo] = found
+        return found
 
     def add_issuer(self, issuer: Issuer) -> Issuer:
         known = self.issuers.get(("sha1", issuer.key_hashes["sha1"]))
@@ -133,6 +155,13 @@ def ocsp_url(cert: x509.Certificate) -> str | None:
             if url.startswith(("http://", "https://")):
                 return url
     return None
+
+
+def _authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except (x509.ExtensionNotFound, ValueError):
+        return None
 
 
 def _issued_by(leaf: x509.Certificate, candidate: x509.Certificate) -> bool:
@@ -213,11 +242,11 @@ def _add_certificate(inv: Inventory, path: Path, source: CertSource, pool: list[
         return
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()
-    issuer_cert = find_issuer(leaf, [*certs[1:], *extra, *pool])
+    issuer_cert = inv.find_issuer(leaf, [*certs[1:], *extra, *pool])
     if issuer_cert is None:
         inv.problems.append(f"certificate {path} ({subject}): issuer not found; give it with --issuers")
         return
-    issuer = inv.add_issuer(Issuer.of(issuer_cert))
+    issuer = inv.issuer_of_cert(issuer_cert)
     url = ocsp_url(leaf)
     if url is None and issuer.ocsp_url is None:
         inv.problems.append(

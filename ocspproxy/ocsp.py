@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -92,10 +93,13 @@ def _digest(alg: str, data: bytes) -> bytes:
     return hashlib.new(alg, data).digest()
 
 
+# Cached: the same few issuers are hashed for every certificate and every response they sign.
+@functools.lru_cache(maxsize=4096)
 def issuer_name_hash(issuer: x509.Certificate, alg: str) -> bytes:
     return _digest(alg, issuer.subject.public_bytes())
 
 
+@functools.lru_cache(maxsize=4096)
 def issuer_key_hash(issuer: x509.Certificate, alg: str) -> bytes:
     """Hash of the subjectPublicKey BIT STRING value, as CertID defines it."""
     spki = issuer.public_key().public_bytes(

@@ -97,10 +97,15 @@ class Scheduler:
 
     def _delay_from_staple(self, key: CertKey) -> float | None:
         """Seconds until the current staple is due, or None when nothing servable is held."""
-        staple = self.staples.servable(key)
+        staple = self.staples.held_until(key)
         if staple is None:
             return None
         return max(0.0, (self.policy.due(staple, self.rng) - self.clock()).total_seconds())
+
+    def due_now(self, key: CertKey) -> None:
+        """Fetch key soon: the staple it was scheduled by turned out unusable."""
+        if key in self._entries:
+            self._schedule(key, 0.0)
 
     def _schedule(self, key: CertKey, delay: float) -> None:
         entry = self._entries.get(key)

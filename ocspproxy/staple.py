@@ -33,6 +33,7 @@ class Staple:
     next_update: datetime
     produced_at: datetime
     revocation_time: datetime | None = None
+    verified: bool = True  # False: loaded from the store, signature not yet checked; never served so
     etag: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -77,6 +77,9 @@ class Staples:
             maxsize=100_000, ttl=negative_ttl, timer=time.monotonic
         )
         self._inflight: dict[CertKey, asyncio.Task[Refreshed]] = {}
+        self._unverified: set[CertKey] = set()  # loaded at start-up, signature not yet checked
+        self._issuer_of: Callable[[CertKey], x509.Certificate | None] | None = None
+        self.dropped: Callable[[CertKey], None] | None = None  # told when a stored staple fails its check
         # The store's state, as found by the most recently started write that has finished.
         self._store_broken = False
         self._write_seq = itertools.count()
@@ -100,12 +103,53 @@ class Staples:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def current(self, key: CertKey) -> Staple | None:
-        """The staple held for key, servable or recently expired."""
-        return self._memory.get(key)
+        """The staple held for key, servable or recently expired; always signature-checked."""
+        staple = self._memory.get(key)
+        if staple is not None and not staple.verified:
+            staple = self._verify_stored(staple)
+        return staple
 
     def servable(self, key: CertKey) -> Staple | None:
+        staple = self.current(key)
+        return staple if staple is not None and staple.servable(self.clock()) else None
+
+    def held_until(self, key: CertKey) -> Staple | None:
+        """For scheduling only: the servable staple held, signature checked or not (no work)."""
         staple = self._memory.get(key)
         return staple if staple is not None and staple.servable(self.clock()) else None
+
+    def _verify_stored(self, staple: Staple) -> Staple | None:
+        """Check the signature of a staple loaded at start-up; drop it if that fails."""
+        self._unverified.discard(staple.key)
+        issuer = self._issuer_of(staple.key) if self._issuer_of else None
+        try:
+            if issuer is None:
+                raise InvalidResponse("its issuer is no longer configured")
+            checked = validate_response(
+                staple.der, key=staple.key, issuer=issuer, now=self.clock(), skew=self.skew
+            )
+        except InvalidResponse as exc:
+            log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
+            self._memory.pop(staple.key, None)
+            if self.dropped is not None:
+                self.dropped(staple.key)
+            return None
+        self._memory[staple.key] = checked
+        return checked
+
+    async def verify_stored(self, batch: int = 256) -> None:
+        """Check every staple loaded unverified, a batch at a time between requests."""
+        checked = 0
+        while self._unverified:
+            for key in list(itertools.islice(self._unverified, batch)):
+                staple = self._memory.get(key)
+                if staple is None or staple.verified:
+                    self._unverified.discard(key)
+                else:
+                    self._verify_stored(staple)
+                checked += 1
+            await asyncio.sleep(0)
+        log.info("stored staples verified", checked=checked, held=len(self._memory))
 
     def fetching(self, key: CertKey) -> bool:
         return key in self._inflight
@@ -248,8 +292,12 @@ class Staples:
         """Load every servable stored staple (before the listener opens). Returns (loaded, skipped).
 
         Each file is validated again as if fetched now: a damaged, foreign or expired file is reported
-        and skipped, never fatal. Expired files are removed: they can never be served again.
+        and skipped, never fatal. Expired files are removed: they can never be served again. The
+        signature check, most of the cost, is deferred: a staple is checked before it is first
+        served or compared, and ``verify_stored`` checks the rest in the background, so 100,000
+        stored staples do not hold the listener closed for a minute.
         """
+        self._issuer_of = issuer_of
         loaded = skipped = 0
 
         def report(path: str, exc: Exception) -> None:
@@ -265,7 +313,9 @@ class Staples:
                 log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
                 continue
             try:
-                staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
+                staple = validate_response(
+                    der, key=key, issuer=issuer, now=now, skew=self.skew, check_signature=False
+                )
             except ExpiredResponse as exc:
                 skipped += 1
                 log.info("stored staple expired; removed", key=str(key), reason=str(exc))
@@ -279,5 +329,6 @@ class Staples:
                 log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
                 continue
             self.put(staple)
+            self._unverified.add(key)
             loaded += 1
         return loaded, skipped

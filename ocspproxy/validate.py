@@ -59,8 +59,17 @@ _STATUS = {
 
 
 def validate_response(
-    der: bytes, *, key: CertKey, issuer: x509.Certificate, now: datetime, skew: timedelta
+    der: bytes,
+    *,
+    key: CertKey,
+    issuer: x509.Certificate,
+    now: datetime,
+    skew: timedelta,
+    check_signature: bool = True,
 ) -> Staple:
+    """Validate der as the answer for key. With check_signature false (stored staples at start-up)
+    everything but the signer is checked and the Staple says ``verified=False``: it must be checked
+    in full before it is served."""
     try:
         resp = ocsp.load_der_ocsp_response(der)
     except ValueError as exc:
@@ -71,7 +80,7 @@ def validate_response(
         if not signature_bits_are_whole(der, ocsp_response=True):
             raise InvalidResponse("signature BIT STRING has unused bits")
         single = _find_single(resp, key, issuer)
-        not_after = _verify_signer(resp, issuer, single.this_update_utc)
+        not_after = _verify_signer(resp, issuer, single.this_update_utc) if check_signature else None
         this_update = single.this_update_utc
         next_update = single.next_update_utc
         produced_at = resp.produced_at_utc
@@ -102,6 +111,7 @@ def validate_response(
         next_update=next_update,
         produced_at=produced_at,
         revocation_time=revoked_at,
+        verified=check_signature,
     )
 
 

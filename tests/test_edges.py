@@ -168,3 +168,37 @@ def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_stored_staple_with_a_broken_signature_is_never_served(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path: Path
+) -> None:
+    """Signatures of stored staples are checked after the listener opens: before first use, and in
+    the background. A file whose signature fails is dropped and fetched again, never served."""
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    good = await proxy.post(ca.request(leaf.serial))
+    await proxy.stop()
+    stored = next((tmp_path / "state").glob("*.der"))
+    tampered = bytearray(stored.read_bytes())
+    tampered[-3] ^= 0x40  # inside the signature: still parses, no longer verifies
+    stored.write_bytes(bytes(tampered))
+    upstream.behaviour = lambda serial: Reply(status=503)
+    await proxy.start()
+    answer = await proxy.post(ca.request(leaf.serial))
+    assert answer.status == "TRY_LATER" and answer.body != bytes(tampered)
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial))
+    key = ca.cert_id(leaf.serial).key
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+    fresh = await proxy.post(ca.request(leaf.serial))
+    assert fresh.cert_status == "GOOD" and fresh.body != good.body
+
+
+async def test_stored_staples_are_all_checked_in_the_background(ca: TestCA, make_proxy) -> None:
+    leaves = [ca.leaf(f"site{n}") for n in range(20)]
+    proxy = await make_proxy(ca=ca, leaves=leaves).start()
+    for leaf in leaves:
+        await proxy.post(ca.request(leaf.serial))
+    await proxy.restart()
+    staples = proxy.daemon.staples
+    await eventually(lambda: all(staples._memory[ca.cert_id(leaf.serial).key].verified for leaf in leaves))

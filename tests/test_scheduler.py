@@ -38,6 +38,8 @@ class FakeStaples:
         staple = self.held.get(key)
         return staple if staple is not None and staple.servable(self.clock()) else None
 
+    held_until = servable
+
     def hold(self, key: CertKey, this_update: datetime) -> None:
         self.held[key] = Staple(
             key=key,
