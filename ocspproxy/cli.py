@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from ocspproxy import __version__, apache_commands
 from ocspproxy.config import Config, ConfigError, load_config
@@ -117,12 +118,21 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)
         configure_logging(level=config.log_level, fmt=config.log_format)
-        return asyncio.run(_run(config, lambda: load_config(args.config, overrides)))
+        return _event_loop_runner()(_run(config, lambda: load_config(args.config, overrides)))
     except ConfigError as exc:
         print(f"ocspproxy: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop where it is installed (about twice the requests per second), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 async def _run(config: Config, reread: Callable[[], Config]) -> int:

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 from cryptography import x509
 
 from ocspproxy.apache import ApacheConfigError, read_apache_config
 from ocspproxy.config import Config, ConfigError
+from ocspproxy.fastpath import FastPath
 from ocspproxy.inventory import CertSource, Inventory, build_inventory
 from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
@@ -167,14 +167,17 @@ class Daemon:
             request_timeout=self.config.request_timeout,
             connection_lifetime=self.config.connection_lifetime,
         )
-        self.server = GuardedServer(Edge(self.responder, limits))
-        runner = web.ServerRunner(self.server, shutdown_timeout=self.config.shutdown_timeout)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        self.server = server = GuardedServer(Edge(self.responder, limits))
         try:
-            await site.start()
+            # Every connection starts on the fast path, which hands all but plain hits to aiohttp.
+            listener = await loop.create_server(
+                lambda: FastPath(server),
+                self.config.listen_host,
+                self.config.listen_port,
+                reuse_address=True,
+                backlog=1024,
+            )
         except OSError as exc:
-            await runner.cleanup()
             await self.fetcher.close()
             log.error(
                 "cannot listen",
@@ -182,7 +185,7 @@ class Daemon:
                 error=str(exc),
             )
             return 1
-        self.address = runner.addresses[0][:2]
+        self.address = listener.sockets[0].getsockname()[:2]
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -201,7 +204,9 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
+        listener.close()
+        server.pre_shutdown()
+        await server.shutdown(self.config.shutdown_timeout)
         await self.staples.close()
         await self.fetcher.close()
         return 0

@@ -62,15 +62,23 @@ class Responder:
         # One bucket per known issuer: a scanner walking serials cannot make us hammer its CA.
         self._buckets: dict[str, TokenBucket] = {}
 
+    def hit(self, cert_id: CertId) -> Answer | None:
+        """The answer when a servable staple is held (no waiting), else None."""
+        issuer = self.inventory().issuer_for(cert_id)
+        if issuer is None:
+            return None
+        staple = self.staples.servable(cert_id.key)
+        return None if staple is None else Answer(Outcome.HIT, staple, issuer.name)
+
     async def answer(self, cert_id: CertId) -> Answer:
+        hit = self.hit(cert_id)
+        if hit is not None:
+            return hit
         inv = self.inventory()
         issuer = inv.issuer_for(cert_id)
         if issuer is None:
             return Answer(Outcome.UNAUTHORIZED, detail="issuer not known")
         key = cert_id.key
-        staple = self.staples.servable(key)
-        if staple is not None:
-            return Answer(Outcome.HIT, staple, issuer.name)
         url = inv.upstream_for(key, issuer)
         if url is None:
             return Answer(Outcome.NO_UPSTREAM, issuer=issuer.name, detail="no OCSP URL for this certificate")

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ocspproxy.log import request_line
 from ocspproxy.ocsp import (
     CertId,
     MalformedRequest,
@@ -63,18 +64,20 @@ async def _request_der(request: web.BaseRequest, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+def cache_headers(staple: Staple, now: float) -> dict[str, str]:
+    """RFC 5019 caching headers of a staple at time now (seconds since the epoch)."""
+    max_age = max(0, int(staple.next_update.timestamp() - now))
+    return {
+        "Last-Modified": format_datetime(staple.this_update, usegmt=True),
+        "Expires": format_datetime(staple.next_update, usegmt=True),
+        "ETag": staple.etag,
+        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+    }
+
+
 def _staple_response(staple: Staple, now: datetime) -> web.Response:
-    max_age = max(0, int((staple.next_update - now).total_seconds()))
-    return web.Response(
-        body=staple.der,
-        headers={
-            "Content-Type": CONTENT_TYPE,
-            "Last-Modified": format_datetime(staple.this_update, usegmt=True),
-            "Expires": format_datetime(staple.next_update, usegmt=True),
-            "ETag": staple.etag,
-            "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
-        },
-    )
+    headers = {"Content-Type": CONTENT_TYPE, **cache_headers(staple, now.timestamp())}
+    return web.Response(body=staple.der, headers=headers)
 
 
 def _error_response(status: ResponseStatus, http_status: int = 200) -> web.Response:
@@ -152,16 +155,45 @@ class Edge:
             fields["next_update"] = answer.staple.next_update.isoformat()
         if answer.detail:
             fields["detail"] = answer.detail
-        log.info("request", **fields)
+        request_line(fields)
         return response
 
 
-class GuardedServer(web.Server):
-    """aiohttp's low-level server with a connection cap and a lifetime for every connection.
+class Gate:
+    """The connection cap and the lifetime of every connection, applied where connections are
+    accepted. aiohttp has no timeout for slowly sent headers; closing any connection older than
+    ``connection_lifetime`` bounds what a slow or idle client can hold, and the cap bounds how many."""
 
-    aiohttp has no timeout for slowly sent headers; closing any connection older than
-    ``connection_lifetime`` bounds what a slow or idle client can hold, and the cap bounds how many.
-    """
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.active = 0
+        self.refused = 0
+        self._refusing = False
+
+    def admit(self, transport: asyncio.Transport) -> asyncio.TimerHandle | None:
+        """A timer that closes the connection at the end of its lifetime, or None (refused)."""
+        if self.active >= self.limits.max_connections:
+            self.refused += 1
+            if not self._refusing:
+                log.warning(
+                    "connection limit reached; refusing new connections", limit=self.limits.max_connections
+                )
+                self._refusing = True
+            transport.abort()
+            return None
+        if self._refusing:
+            log.info("below the connection limit again", refused=self.refused)
+            self._refusing = False
+        self.active += 1
+        return asyncio.get_running_loop().call_later(self.limits.connection_lifetime, transport.close)
+
+    def release(self, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        self.active -= 1
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server for every request the fast path hands over."""
 
     def __init__(self, edge: Edge) -> None:
         limits = edge.limits
@@ -174,28 +206,20 @@ class GuardedServer(web.Server):
             max_headers=64,
         )
         self.limits = limits
+        self.responder = edge.responder
+        self.gate = Gate(limits)
         self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
-        self._refusing = False
-        self.refused = 0
 
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        if len(self._timers) >= self.limits.max_connections:
-            self.refused += 1
-            if not self._refusing:
-                log.warning(
-                    "connection limit reached; refusing new connections", limit=self.limits.max_connections
-                )
-                self._refusing = True
-            transport.abort()
-            return
-        if self._refusing:
-            log.info("below the connection limit again", refused=self.refused)
-            self._refusing = False
-        super().connection_made(handler, transport)
-        self._timers[handler] = self._loop.call_later(self.limits.connection_lifetime, transport.close)
+    @property
+    def refused(self) -> int:
+        return self.gate.refused
+
+    def adopt(self, handler: RequestHandler, timer: asyncio.TimerHandle) -> None:
+        """A connection handed over keeps its place under the cap and its lifetime."""
+        self._timers[handler] = timer
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         timer = self._timers.pop(handler, None)
         if timer is not None:
-            timer.cancel()
+            self.gate.release(timer)
         super().connection_lost(handler, exc)

@@ -202,3 +202,20 @@ async def test_stored_staples_are_all_checked_in_the_background(ca: TestCA, make
     await proxy.restart()
     staples = proxy.daemon.staples
     await eventually(lambda: all(staples._memory[ca.cert_id(leaf.serial).key].verified for leaf in leaves))
+
+
+async def test_hit_whose_body_arrives_late_is_still_answered(ca: TestCA, make_proxy) -> None:
+    """The fast path answers whole requests; one split across writes goes the general way."""
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    body = ca.request(leaf.serial)
+    fast = await proxy.post(body)
+    port = proxy.daemon.address[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST / HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(body[10:])
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.0 200") and data.endswith(fast.body)

@@ -1,0 +1,156 @@
+"""The hot path: a request like mod_ssl's for a certificate with a servable staple, answered from
+pre-rendered bytes without building an HTTP request object.
+
+Every connection is accepted here. Anything that is not such a hit (a miss, an error, odd HTTP, a
+slow sender) is handed, with the bytes read so far, to aiohttp's request handler, which owns every
+other behaviour of the HTTP edge. Both paths log the same one line per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+from typing import cast
+
+from ocspproxy.log import request_line
+from ocspproxy.ocsp import MalformedRequest, decode_get_path, parse_request
+from ocspproxy.responder import Answer
+from ocspproxy.server import GuardedServer, cache_headers
+from ocspproxy.staple import Staple
+
+__all__ = ["FastPath"]
+
+
+class _Rendered:
+    """Whole responses per staple, redone once a second (Date and max-age change)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._date = b""
+        self._cache: dict[int, tuple[Staple, bytes]] = {}
+
+    def get(self, staple: Staple, version: bytes, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second, self._cache = second, {}
+            self._date = formatdate(second, usegmt=True).encode()
+        key = id(staple) ^ (version == b"HTTP/1.0")
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is staple:
+            return hit[1]
+        lines = [version + b" 200 OK", b"Content-Type: application/ocsp-response"]
+        lines += [f"{name}: {value}".encode() for name, value in cache_headers(staple, second).items()]
+        lines += [b"Content-Length: " + str(len(staple.der)).encode(), b"Date: " + self._date]
+        lines += [b"Connection: close", b"", b""]
+        rendered = b"\r\n".join(lines) + staple.der
+        self._cache[key] = (staple, rendered)
+        return rendered
+
+
+_RENDERED = _Rendered()
+
+
+class FastPath(asyncio.Protocol):
+    def __init__(self, server: GuardedServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.buffer = b""
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
+        self.timer = self.server.gate.admit(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.server.gate.release(self.timer)
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buffer:
+            self.started = time.perf_counter()
+        self.buffer += data
+        outcome = self._try_hit()
+        if outcome is None:
+            self._hand_over()
+
+    def _try_hit(self) -> bool | None:
+        """True: answered. False: wait for more bytes. None: not ours, hand over."""
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False if len(buffer) < 8192 else None
+        head = buffer[:end].split(b"\r\n")
+        parts = head[0].split(b" ")
+        if len(parts) != 3 or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+            return None
+        method, target, version = parts
+        if method == b"POST":
+            length = None
+            for line in head[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value) if value.strip().isdigit() else -1
+                elif name in (b"transfer-encoding", b"expect"):
+                    return None
+            limit = self.server.limits.max_request_bytes
+            if length is None or length < 0 or length > limit:
+                return None
+            have = len(buffer) - end - 4
+            if have < length:
+                return None  # a body still on its way: aiohttp's handler owns the body timeout
+            if have > length:
+                return None  # pipelined bytes: let aiohttp see them all
+            der = buffer[end + 4 :]
+        elif method == b"GET" and len(buffer) == end + 4:
+            try:
+                der = decode_get_path(
+                    target.decode("latin-1"), max_length=self.server.limits.max_request_bytes
+                )
+            except MalformedRequest:
+                return None
+        else:
+            return None
+        try:
+            cert_id = parse_request(der)
+        except MalformedRequest:
+            return None
+        answer = self.server.responder.hit(cert_id)
+        if answer is None or answer.staple is None:
+            return None
+        assert self.transport is not None
+        self.transport.write(_RENDERED.get(answer.staple, version, time.time()))
+        self.transport.close()
+        self._log(method, cert_id.key.serial, answer)
+        return True
+
+    def _log(self, method: bytes, serial: int, answer: Answer) -> None:
+        assert answer.staple is not None and self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        request_line(
+            {
+                "method": method.decode(),
+                "outcome": str(answer.outcome),
+                "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
+                "peer": peer[0] if peer else None,
+                "serial": f"{serial:x}",
+                "issuer": answer.issuer,
+                "cert_status": str(answer.staple.status),
+                "next_update": answer.staple.next_update.isoformat(),
+            }
+        )
+
+    def _hand_over(self) -> None:
+        """Give the connection, and what it sent so far, to aiohttp's handler."""
+        assert self.transport is not None
+        handler = self.server()
+        self.transport.set_protocol(handler)
+        handler.connection_made(self.transport)
+        if self.timer is not None:
+            self.server.adopt(handler, self.timer)
+            self.timer = None
+        handler.data_received(self.buffer)
+        self.buffer = b""
