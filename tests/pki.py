@@ -58,6 +58,12 @@ def make_cert(
         .not_valid_before(start)
         .not_valid_after(not_after or start + dt.timedelta(days=90))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    # As every CA-issued certificate has (RFC 5280): it names the issuer's key.
+    aki_source = issuer_key.public_key()
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(aki_source), critical=False
     )
     if not ca:
         builder = builder.add_extension(
