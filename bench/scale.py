@@ -1,0 +1,282 @@
+"""Benchmark 3, scale: ocspproxy with N certificates of one CA (N = 100,000; 2,000 with --quick).
+
+(a) fill: empty state directory, time from spawn until N ``*.der`` exist (fetches under the default
+    per-upstream cap of 4); (b) start-up with N stored staples: spawn until the port accepts; (c) VmRSS
+    after start-up; (d) CPU while idle (utime + stime over a window after start-up, % of one core);
+    (e) refresh: N stored staples all past their refresh time (the cached "stale" set: thisUpdate 20 days
+    ago, nextUpdate in 10 days), the CA handing out newer ones: time until all N are replaced, counted
+    from the ``"result": "stored"`` upstream log lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import Proc, cpu_seconds, free_port, port_accepts, rss_mib
+from bench.pkiset import ScaleSet, load_responses, scale_set, staple_file_name
+from bench.servers import der_count, get_json, start_ocspproxy, start_upstream
+
+__all__ = ["ScaleResults", "ScaleSettings", "issuer_config", "phases", "run_scale", "write_staples"]
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    n: int = 100_000
+    idle_seconds: float = 30.0
+    fill_limit_s: float = 300.0  # stop waiting after this long and extrapolate from the rate so far
+    refresh_limit_s: float = 180.0
+    poll_s: float = 1.0
+
+
+@dataclass
+class ScaleResults:
+    n: int
+    generated_in_s: float | None
+    fill: dict[str, object] = field(default_factory=dict)
+    startup: dict[str, object] = field(default_factory=dict)
+    refresh: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def issuer_config(path: Path, ca_pem: Path, upstream_port: int) -> Path:
+    # The cached certificates carry a dummy AIA URL; the issuer is pointed at this run's CA instead.
+    path.write_text(f'[[issuer]]\ncertificate = "{ca_pem}"\nocsp_url = "http://127.0.0.1:{upstream_port}/"\n')
+    return path
+
+
+def write_staples(state: Path, ss: ScaleSet, responses: dict[int, bytes], *, only_missing: bool) -> int:
+    """Put DER files where ocspproxy's FileStore keeps them (same names, mode 0600). Returns how many."""
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prefix = staple_file_name(ss.ca_cert, 1).rsplit("-", 1)[0]
+    existing = set(os.listdir(state)) if only_missing else set()
+    written = 0
+    for serial, der in responses.items():
+        name = f"{prefix}-{serial:x}.der"
+        if name in existing:
+            continue
+        fd = os.open(state / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(der)
+        written += 1
+    return written
+
+
+def _wait_listening(proc: Proc, port: int, timeout: float) -> float:
+    """Seconds from spawn until the port accepts (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout
+    while not port_accepts(port, timeout=0.5):
+        proc.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name} did not listen within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - proc.spawned
+
+
+def _stored_lines(log_path: Path, offset: int) -> tuple[int, int]:
+    """Upstream fetches logged as stored since offset; returns (count, new offset)."""
+    with log_path.open("rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1
+    return data[:end].count(b'"result": "stored"'), offset + end
+
+
+def _progress(
+    *,
+    proc: Proc,
+    port: int,
+    n: int,
+    count: Callable[[], int],
+    limit: float,
+    poll: float,
+) -> dict[str, object]:
+    """Wait for listening, then until count() reaches n or limit seconds have passed since spawn."""
+    listen_s = _wait_listening(proc, port, timeout=limit)
+    cpu_at_listen = cpu_seconds(proc.pid)
+    done = 0
+    while True:
+        proc.check_alive()
+        done = count()
+        elapsed = time.monotonic() - proc.spawned
+        if done >= n or elapsed >= limit:
+            break
+        time.sleep(poll)
+    working = max(elapsed - listen_s, 1e-9)
+    rate = done / working
+    out: dict[str, object] = {
+        "listening_s": round(listen_s, 2),
+        "done": done,
+        "complete": done >= n,
+        "from_spawn_s": round(elapsed, 1),
+        "after_listening_s": round(working, 1),
+        "per_second": round(rate, 1),
+    }
+    cpu_working = cpu_seconds(proc.pid) - cpu_at_listen
+    if done < n and rate > 0:
+        out["extrapolated_from_spawn_s"] = round(listen_s + n / rate, 1)
+    out["cpu_s_after_listening"] = round(cpu_working, 1)
+    out["cpu_ms_per_fetch"] = round(cpu_working * 1000 / done, 2) if done else None
+    out["cpu_pct_of_core_after_listening"] = round(100 * cpu_working / working, 1)
+    out["phases_s"] = phases(proc)
+    return out
+
+
+def _wait_logged(proc: Proc, needle: bytes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in proc.log_path.read_bytes():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{needle!r} not logged within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def phases(proc: Proc) -> dict[str, float]:
+    """When ocspproxy logged its start-up steps, in seconds after the spawn (info level only)."""
+    wanted = {"inventory loaded", "store loaded", "listening", "stored staples verified"}
+    out: dict[str, float] = {}
+    with proc.log_path.open("rb") as fh:
+        for raw in fh:
+            if not wanted - set(out):
+                break  # (a run without stored staples logs "verified" too, with checked=0)
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            event = record.get("event") if isinstance(record, dict) else None
+            if event in wanted and event not in out:
+                when = dt.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00"))
+                out[event] = round(when.timestamp() - proc.spawned_wall, 2)
+    return out
+
+
+def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
+    started = time.monotonic()
+    ss = scale_set(s.n)
+    results = ScaleResults(n=s.n, generated_in_s=round(ss.generated_in, 1) if ss.generated_in else None)
+    log.append(
+        f"scale: {s.n} certificates "
+        + (f"generated in {ss.generated_in:.0f}s" if ss.generated_in else "from the cache")
+        + f" ({time.monotonic() - started:.1f}s)"
+    )
+    up_port = free_port()
+    upstream, _ = start_upstream(ss.fresh_file, workdir / "upstream.log", port=up_port)
+    config = issuer_config(workdir / "ocspproxy.toml", ss.ca_pem, up_port)
+    try:
+        # (a) fill from empty
+        state = workdir / "state"
+        port = free_port()
+        proc = start_ocspproxy(
+            port=port,
+            state_dir=state,
+            cert_glob=ss.cert_glob,
+            issuers=ss.ca_pem,
+            log_path=workdir / "fill.log",
+            config=config,
+            wait=False,
+        )
+        try:
+            results.fill = _progress(
+                proc=proc,
+                port=port,
+                n=s.n,
+                count=lambda: der_count(state),
+                limit=s.fill_limit_s,
+                poll=s.poll_s,
+            )
+            results.fill["rss_mib"] = round(rss_mib(proc.pid), 1)
+        finally:
+            proc.stop()
+        log.append(f"scale: fill {results.fill}")
+
+        # (b, c, d) start-up with N stored staples, memory, idle CPU
+        fresh = load_responses(ss.fresh_file)
+        topped_up = write_staples(state, ss, fresh, only_missing=True)
+        if topped_up:
+            results.notes.append(
+                f"start-up: {topped_up} staples the fill did not reach were written directly"
+            )
+        requests_before = int(str(get_json(up_port, "/stats")["requests"]))
+        port = free_port()
+        proc = start_ocspproxy(
+            port=port,
+            state_dir=state,
+            cert_glob=ss.cert_glob,
+            issuers=ss.ca_pem,
+            log_path=workdir / "startup.log",
+            config=config,
+            wait=False,
+        )
+        try:
+            startup_s = _wait_listening(proc, port, timeout=600)
+            rss_start = rss_mib(proc.pid)
+            # Signatures of stored staples are checked in the background after the listener opens
+            # (each before its first use): idle means after that one-time work.
+            _wait_logged(proc, b'"event": "stored staples verified"', timeout=600)
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(s.idle_seconds)
+            cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            rss_idle = rss_mib(proc.pid)
+            proc.check_alive()
+            loaded = _logged_value(proc.log_path, b'"event": "store loaded"', "loaded")
+            startup_phases = phases(proc)
+        finally:
+            proc.stop()
+        results.startup = {
+            "startup_s": round(startup_s, 2),
+            "phases_s": startup_phases,
+            "staples_loaded": loaded,
+            "rss_mib_after_startup": round(rss_start, 1),
+            "rss_mib_after_idle": round(rss_idle, 1),
+            "idle_window_s": round(t1 - t0, 1),
+            "idle_cpu_pct_of_core": round((cpu1 - cpu0) / (t1 - t0) * 100, 2),
+            "upstream_requests_while_idle": int(str(get_json(up_port, "/stats")["requests"]))
+            - requests_before,
+        }
+        log.append(f"scale: start-up {results.startup}")
+
+        # (e) refresh: every stored staple past its refresh time
+        stale_state = workdir / "state-stale"
+        write_staples(stale_state, ss, load_responses(ss.stale_file), only_missing=False)
+        port = free_port()
+        refresh_log = workdir / "refresh.log"
+        proc = start_ocspproxy(
+            port=port,
+            state_dir=stale_state,
+            cert_glob=ss.cert_glob,
+            issuers=ss.ca_pem,
+            log_path=refresh_log,
+            config=config,
+            wait=False,
+        )
+        counted = {"n": 0, "offset": 0}
+
+        def stored() -> int:
+            more, counted["offset"] = _stored_lines(refresh_log, counted["offset"])
+            counted["n"] += more
+            return counted["n"]
+
+        try:
+            results.refresh = _progress(
+                proc=proc, port=port, n=s.n, count=stored, limit=s.refresh_limit_s, poll=s.poll_s
+            )
+        finally:
+            proc.stop()
+        log.append(f"scale: refresh {results.refresh}")
+    finally:
+        upstream.stop()
+    return results
+
+
+def _logged_value(log_path: Path, marker: bytes, key: str) -> object:
+    for line in log_path.read_bytes().splitlines():
+        if marker in line:
+            try:
+                return json.loads(line).get(key)
+            except ValueError:
+                return None
+    return None
