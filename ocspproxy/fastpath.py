@@ -28,14 +28,14 @@ class _Rendered:
     def __init__(self) -> None:
         self._second = -1
         self._date = b""
-        self._cache: dict[int, tuple[Staple, bytes]] = {}
+        self._cache: dict[tuple[int, bytes], tuple[Staple, bytes]] = {}
 
     def get(self, staple: Staple, version: bytes, now: float) -> bytes:
         second = int(now)
         if second != self._second:
             self._second, self._cache = second, {}
             self._date = formatdate(second, usegmt=True).encode()
-        key = id(staple) ^ (version == b"HTTP/1.0")
+        key = (id(staple), version)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is staple:
             return hit[1]
