@@ -125,3 +125,18 @@ async def test_reload_rereads_the_config_and_keeps_it_when_broken(
     await proxy.daemon.reload("SIGHUP")  # logged; the previous configuration stays
     assert list(proxy.daemon.inventory.targets) == [ca.cert_id(first.serial).key]
     assert proxy.daemon.config.refresh.fraction == 0.5
+
+
+async def test_renewed_certificate_is_noticed_at_once_without_polling(
+    ca: TestCA, upstream: FakeUpstream, make_proxy
+) -> None:
+    """inotify tells the daemon about the new file: no waiting for the (here hour-long) poll."""
+    old = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[old], watch_interval=3600.0).start()
+    await eventually(lambda: old.serial in upstream.requests)
+    renewed = ca.leaf()
+    tmp = Path(proxy.config.certs[0] + ".new")
+    tmp.write_bytes(pem(renewed.cert))
+    tmp.replace(proxy.config.certs[0])  # the way renewal tools replace a file
+    key = ca.cert_id(renewed.serial).key
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
