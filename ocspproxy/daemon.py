@@ -278,6 +278,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         notifier = DirectoryWatch.open()
         changed = asyncio.Event()
+        watched_for: tuple[tuple[str, int, int], ...] | None = None
+        notified = False  # every watched directory has an inotify watch
         if notifier is not None:
 
             def on_events() -> None:
@@ -290,7 +292,11 @@ class Daemon:
                 # At most _STATS_PER_SECOND files looked at per second on average: with 100,000
                 # certificates a pass every 5 s would cost several percent of a core while idle.
                 poll = max(self.config.watch_interval, len(self._watch_snapshot) / _STATS_PER_SECOND)
-                if notifier is not None and notifier.watch(self._watched_directories()):
+                if notifier is not None and watched_for is not self._watch_snapshot:
+                    # Resolving every path costs a syscall each: only when the file set changed.
+                    watched_for = self._watch_snapshot
+                    notified = notifier.watch(self._watched_directories())
+                if notified:
                     poll = max(poll, _NOTIFIED_POLL)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll):
