@@ -64,6 +64,7 @@ class Config:
     fetch_burst_per_issuer: int = 20
     watch_interval: float = 5.0
     shutdown_timeout: float = 5.0
+    workers: int = 1  # processes answering hits on the port; 1 = the main process alone
     # [cache]
     memory_max_entries: int = 1_000_000
     negative_ttl: float = 30.0
@@ -142,6 +143,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "fetch_burst_per_issuer": ("fetch_burst_per_issuer", _number(1, 100_000, integer=True)),
         "watch_interval": ("watch_interval", _number(0.5, 3600)),
         "shutdown_timeout": ("shutdown_timeout", _number(0, 600)),
+        "workers": ("workers", _number(1, 64, integer=True)),
     },
     "cache": {
         "memory_max_entries": ("memory_max_entries", _number(1, 100_000_000, integer=True)),
@@ -256,6 +258,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
 
 
 def _check(config: Config) -> None:
+    if not 1 <= config.workers <= 64:
+        raise ConfigError("server.workers", f"must be between 1 and 64, got {config.workers}")
     if config.refresh.retry_initial > config.refresh.retry_max:
         raise ConfigError("refresh.retry_initial", "must not exceed refresh.retry_max")
     if config.refresh.fraction + config.refresh.jitter >= 1 - config.refresh.margin:

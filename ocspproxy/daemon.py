@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from cryptography import x509
 
 from ocspproxy.apache import ApacheConfigError, read_apache_config
+from ocspproxy.channel import IssuerRow
 from ocspproxy.config import Config, ConfigError
 from ocspproxy.fastpath import FastPath
 from ocspproxy.inventory import CertSource, Inventory, build_inventory
@@ -24,10 +26,12 @@ from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
 from ocspproxy.server import Edge, GuardedServer, Limits
+from ocspproxy.staple import Staple
 from ocspproxy.staples import Staples
 from ocspproxy.store import FileStore
 from ocspproxy.upstream import Fetcher
 from ocspproxy.watch import DirectoryWatch
+from ocspproxy.workers import PoolSettings, WorkerPool
 
 __all__ = ["Daemon", "read_inventory", "utcnow"]
 
@@ -96,6 +100,12 @@ def _notify(state: str) -> None:
         sock.sendall(state.encode())
 
 
+def _close_on_error(task: asyncio.Future[Any], sock: socket.socket) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cannot take over a worker's connection", error=str(task.exception()))
+        sock.close()
+
+
 class Daemon:
     def __init__(self, config: Config, *, reread: Callable[[], Config] | None = None) -> None:
         self.config = config
@@ -127,6 +137,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the listener is open
         self.address: tuple[str, int] | None = None
+        self.pool: WorkerPool | None = None
         self._watch_snapshot = self._snapshot()
 
     def _resolve(self, key: CertKey) -> Job | None:
@@ -177,6 +188,7 @@ class Daemon:
                 self.config.listen_host,
                 self.config.listen_port,
                 reuse_address=True,
+                reuse_port=self.config.workers > 1,  # the workers' sockets join this port
                 backlog=1024,
             )
         except OSError as exc:
@@ -188,6 +200,8 @@ class Daemon:
             )
             return 1
         self.address = listener.sockets[0].getsockname()[:2]
+        if self.config.workers > 1:
+            self.pool = self._start_workers(limits, [(s.family, s.getsockname()) for s in listener.sockets])
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -206,12 +220,47 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.stop()
         listener.close()
         server.pre_shutdown()
         await server.shutdown(self.config.shutdown_timeout)
         await self.staples.close()
         await self.fetcher.close()
         return 0
+
+    def _start_workers(self, limits: Limits, addresses: list[tuple[int, tuple[str, int]]]) -> WorkerPool:
+        settings = PoolSettings(
+            count=self.config.workers - 1,
+            addresses=tuple(addresses),
+            limits=limits,
+            log_level=self.config.log_level,
+            log_format=self.config.log_format,
+            shutdown_timeout=self.config.shutdown_timeout,
+        )
+        pool = WorkerPool(settings, snapshot=self._worker_snapshot, adopt=self._adopt)
+        self.staples.changed = pool.changed
+        pool.start()
+        return pool
+
+    def _worker_snapshot(self) -> tuple[list[IssuerRow], list[Staple]]:
+        return self._issuer_rows(), self.staples.verified()
+
+    def _issuer_rows(self) -> list[IssuerRow]:
+        return [
+            IssuerRow(alg=alg, key_hash=key_hash, name_hash=issuer.name_hashes[alg], name=issuer.name)
+            for (alg, key_hash), issuer in self.inventory.issuers.items()
+        ]
+
+    def _adopt(self, sock: socket.socket, data: bytes) -> None:
+        """A connection a worker handed over: served here as if accepted here, starting with the bytes
+        the worker read (fed before anything else is read from the socket)."""
+        task = asyncio.ensure_future(
+            asyncio.get_running_loop().connect_accepted_socket(
+                lambda: FastPath(self.server, preload=data), sock
+            )
+        )
+        task.add_done_callback(lambda t: _close_on_error(t, sock))
 
     def _issuer_cert(self, key: CertKey) -> x509.Certificate | None:
         issuer = self.inventory.issuer_for_key(key)
@@ -240,6 +289,8 @@ class Daemon:
                 inventory.add_issuer(target.issuer)
         self.inventory, self._apache_files = inventory, apache_files
         self._report(inventory)
+        if self.pool is not None:
+            self.pool.issuers(self._issuer_rows())
         self.responder.forget_requested(lambda k: inventory.issuer_for_key(k) is not None)
         for key in self.scheduler.tracked():
             if key not in inventory.targets and not self.responder.requested(key):

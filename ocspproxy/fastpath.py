@@ -2,8 +2,10 @@
 pre-rendered bytes without building an HTTP request object.
 
 Every connection is accepted here. Anything that is not such a hit (a miss, an error, odd HTTP, a
-slow sender) is handed, with the bytes read so far, to aiohttp's request handler, which owns every
-other behaviour of the HTTP edge. Both paths log the same one line per request.
+slow sender) is handed, with the bytes read so far, to the host: in the main process aiohttp's
+request handler, which owns every other behaviour of the HTTP edge; in a worker process
+(``ocspproxy/worker.py``) the main process, which gets the connection itself. Both paths log the same
+one line per request.
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ from __future__ import annotations
 import asyncio
 import time
 from email.utils import formatdate
-from typing import cast
+from typing import Protocol, cast
 
 from ocspproxy.log import request_line
-from ocspproxy.ocsp import MalformedRequest, decode_get_path, parse_request
+from ocspproxy.ocsp import CertId, MalformedRequest, decode_get_path, parse_request
 from ocspproxy.responder import Answer
-from ocspproxy.server import GuardedServer, cache_headers
+from ocspproxy.server import Gate, Limits, cache_headers
 from ocspproxy.staple import Staple
 
-__all__ = ["FastPath"]
+__all__ = ["FastPath", "Host"]
+
+
+class Host(Protocol):
+    """What the fast path needs from the process it runs in."""
+
+    gate: Gate
+    limits: Limits
+    log_fields: dict[str, object]  # added to every request line (a worker's number)
+
+    def hit(self, cert_id: CertId) -> Answer | None: ...
+
+    def hand_over(
+        self, transport: asyncio.Transport, buffer: bytes, timer: asyncio.TimerHandle | None
+    ) -> None: ...
 
 
 class _Rendered:
@@ -52,20 +68,24 @@ _RENDERED = _Rendered()
 
 
 class FastPath(asyncio.Protocol):
-    def __init__(self, server: GuardedServer) -> None:
-        self.server = server
+    def __init__(self, host: Host, *, preload: bytes = b"") -> None:
+        self.host = host
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.buffer = b""
         self.started = 0.0
+        self.preload = preload  # what the client sent to the worker that handed this connection over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio subclasses
-        self.timer = self.server.gate.admit(self.transport)
+        self.timer = self.host.gate.admit(self.transport)
+        if self.timer is not None and self.preload:
+            preload, self.preload = self.preload, b""
+            self.data_received(preload)  # before the event loop reads anything newer
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
-            self.server.gate.release(self.timer)
+            self.host.gate.release(self.timer)
             self.timer = None
 
     def data_received(self, data: bytes) -> None:
@@ -96,7 +116,7 @@ class FastPath(asyncio.Protocol):
                     length = int(value) if value.strip().isdigit() else -1
                 elif name in (b"transfer-encoding", b"expect"):
                     return None
-            limit = self.server.limits.max_request_bytes
+            limit = self.host.limits.max_request_bytes
             if length is None or length < 0 or length > limit:
                 return None
             have = len(buffer) - end - 4
@@ -107,9 +127,7 @@ class FastPath(asyncio.Protocol):
             der = buffer[end + 4 :]
         elif method == b"GET" and len(buffer) == end + 4:
             try:
-                der = decode_get_path(
-                    target.decode("latin-1"), max_length=self.server.limits.max_request_bytes
-                )
+                der = decode_get_path(target.decode("latin-1"), max_length=self.host.limits.max_request_bytes)
             except MalformedRequest:
                 return None
         else:
@@ -118,7 +136,7 @@ class FastPath(asyncio.Protocol):
             cert_id = parse_request(der)
         except MalformedRequest:
             return None
-        answer = self.server.responder.hit(cert_id)
+        answer = self.host.hit(cert_id)
         if answer is None or answer.staple is None:
             return None
         assert self.transport is not None
@@ -132,6 +150,7 @@ class FastPath(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         request_line(
             {
+                **self.host.log_fields,
                 "method": method.decode(),
                 "outcome": str(answer.outcome),
                 "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
@@ -144,13 +163,8 @@ class FastPath(asyncio.Protocol):
         )
 
     def _hand_over(self) -> None:
-        """Give the connection, and what it sent so far, to aiohttp's handler."""
+        """Give the connection, and what it sent so far, to the host."""
         assert self.transport is not None
-        handler = self.server()
-        self.transport.set_protocol(handler)
-        handler.connection_made(self.transport)
-        if self.timer is not None:
-            self.server.adopt(handler, self.timer)
-            self.timer = None
-        handler.data_received(self.buffer)
-        self.buffer = b""
+        timer, self.timer = self.timer, None  # the host owns its place under the cap from now on
+        buffer, self.buffer = self.buffer, b""
+        self.host.hand_over(self.transport, buffer, timer)

@@ -208,15 +208,26 @@ class GuardedServer(web.Server):
         self.limits = limits
         self.responder = edge.responder
         self.gate = Gate(limits)
+        self.log_fields: dict[str, object] = {}
         self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
+
+    def hit(self, cert_id: CertId) -> Answer | None:
+        return self.responder.hit(cert_id)
+
+    def hand_over(
+        self, transport: asyncio.Transport, buffer: bytes, timer: asyncio.TimerHandle | None
+    ) -> None:
+        """The fast path's connection, and the bytes it read, go to aiohttp's request handler."""
+        handler = self()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if timer is not None:
+            self._timers[handler] = timer  # keeps its place under the cap and its lifetime
+        handler.data_received(buffer)
 
     @property
     def refused(self) -> int:
         return self.gate.refused
-
-    def adopt(self, handler: RequestHandler, timer: asyncio.TimerHandle) -> None:
-        """A connection handed over keeps its place under the cap and its lifetime."""
-        self._timers[handler] = timer
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         timer = self._timers.pop(handler, None)

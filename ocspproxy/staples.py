@@ -80,6 +80,9 @@ class Staples:
         self._unverified: set[CertKey] = set()  # loaded at start-up, signature not yet checked
         self._issuer_of: Callable[[CertKey], x509.Certificate | None] | None = None
         self.dropped: Callable[[CertKey], None] | None = None  # told when a stored staple fails its check
+        # Told of every signature-checked staple now held for a key, and of a staple dropped (None):
+        # worker processes serve hits from a copy of exactly these.
+        self.changed: Callable[[CertKey, Staple | None], None] | None = None
         # The store's state, as found by the most recently started write that has finished.
         self._store_broken = False
         self._write_seq = itertools.count()
@@ -131,10 +134,12 @@ class Staples:
         except InvalidResponse as exc:
             log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
             self._memory.pop(staple.key, None)
+            if self.changed is not None:
+                self.changed(staple.key, None)
             if self.dropped is not None:
                 self.dropped(staple.key)
             return None
-        self._memory[staple.key] = checked
+        self.put(checked)
         return checked
 
     async def verify_stored(self, batch: int = 256) -> None:
@@ -160,6 +165,13 @@ class Staples:
     def put(self, staple: Staple) -> None:
         """Hold a validated staple in memory (start-up load and accepted fetches)."""
         self._memory[staple.key] = staple
+        if staple.verified and self.changed is not None:
+            self.changed(staple.key, staple)
+
+    def verified(self) -> list[Staple]:
+        """Every signature-checked staple held that is still servable."""
+        now = self.clock()
+        return [s for s in self._memory.values() if s.verified and s.servable(now)]
 
     def refresh(
         self,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import pytest
+
 from tests.pki import TestCA
 from tests.upstream import FakeUpstream, Reply
 
 FAST = {"answer_budget": 0.5, "request_timeout": 0.5, "connection_lifetime": 1.5}
+# With a worker process, about half the connections go to it and it hands on what it cannot answer.
+WORKERS = pytest.mark.parametrize("workers", [1, 2])
 
 
 async def open_raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -20,9 +24,10 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
     return await asyncio.wait_for(reader.read(), seconds)
 
 
-async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_proxy) -> None:
+@WORKERS
+async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_proxy, workers: int) -> None:
     leaf = ca.leaf()
-    proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], workers=workers, **FAST).start()
     port = proxy.daemon.address[1]
     slow = []
     for _ in range(20):
@@ -35,16 +40,18 @@ async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_p
         writer.close()
 
 
-async def test_slow_body_gets_408_malformed(ca: TestCA, make_proxy) -> None:
-    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
-    reader, writer = await open_raw(proxy.daemon.address[1])
-    writer.write(
-        b"POST / HTTP/1.0\r\nContent-Type: application/ocsp-request\r\nContent-Length: 100\r\n\r\n0123"
-    )
-    data = await closed_within(reader, 3)
-    writer.close()
-    assert data.startswith(b"HTTP/1.0 408")
-    assert data.endswith(bytes([0x30, 0x03, 0x0A, 0x01, 0x01]))  # malformedRequest
+@WORKERS
+async def test_slow_body_gets_408_malformed(ca: TestCA, make_proxy, workers: int) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], workers=workers, **FAST).start()
+    for _ in range(1 if workers == 1 else 4):  # with a worker, some of these go through it
+        reader, writer = await open_raw(proxy.daemon.address[1])
+        writer.write(
+            b"POST / HTTP/1.0\r\nContent-Type: application/ocsp-request\r\nContent-Length: 100\r\n\r\n0123"
+        )
+        data = await closed_within(reader, 3)
+        writer.close()
+        assert data.startswith(b"HTTP/1.0 408")
+        assert data.endswith(bytes([0x30, 0x03, 0x0A, 0x01, 0x01]))  # malformedRequest
 
 
 async def test_connection_flood_is_capped_then_recovers(ca: TestCA, make_proxy) -> None:
@@ -62,16 +69,21 @@ async def test_connection_flood_is_capped_then_recovers(ca: TestCA, make_proxy) 
     assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
 
 
-async def test_broken_http_and_huge_paths_do_not_hurt(ca: TestCA, make_proxy) -> None:
+@WORKERS
+async def test_broken_http_and_huge_paths_do_not_hurt(ca: TestCA, make_proxy, workers: int) -> None:
     leaf = ca.leaf()
-    proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], workers=workers, **FAST).start()
     port = proxy.daemon.address[1]
     for junk in (
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS ClientHello
-        b"GARBAGE\r\n\r\n",
-        b"GET /" + b"A" * 100_000 + b" HTTP/1.0\r\n\r\n",
-        b"POST / HTTP/1.0\r\nContent-Length: -5\r\n\r\n",
-        b"GET /" + base64.b64encode(b"\x30\x80" * 2000) + b" HTTP/1.0\r\n\r\n",
+        2
+        * workers
+        * (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS ClientHello
+            b"GARBAGE\r\n\r\n",
+            b"GET /" + b"A" * 100_000 + b" HTTP/1.0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nContent-Length: -5\r\n\r\n",
+            b"GET /" + base64.b64encode(b"\x30\x80" * 2000) + b" HTTP/1.0\r\n\r\n",
+        )
     ):
         reader, writer = await open_raw(port)
         writer.write(junk)
