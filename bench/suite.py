@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR
 from bench.handshake import HandshakeResults, run_handshake
-from bench.loadtest import CacheHitResults, LoadSettings, run_cache_hit
+from bench.loadtest import VARIANTS, CacheHitResults, LoadSettings, run_cache_hit
 from bench.profile import run_profile
 from bench.report import Row, machine_info, render_table
 from bench.scale import ScaleResults, ScaleSettings, run_scale
@@ -71,13 +71,13 @@ def cache_hit_rows(r: CacheHitResults) -> list[Row]:
     rows: list[Row] = []
     nginx = r.runs.get("nginx")
     rate = f"{r.settings.rate:,.0f}/s"
-    for level in ("info", "warning"):
-        run = r.runs.get(f"ocspproxy-{level}")
+    for run_name, level, workers in VARIANTS:
+        run = r.runs.get(run_name)
         if run is None or run.wrk is None or run.fixed is None:
             continue
         peer_wrk = nginx.wrk if nginx else None
         peer_fixed = nginx.fixed if nginx else None
-        sec = f"cache hit, log {level}"
+        sec = f"cache hit, log {level}" + (f", {workers} processes" if workers > 1 else "")
         rows += [
             Row(
                 sec,
@@ -85,6 +85,8 @@ def cache_hit_rows(r: CacheHitResults) -> list[Row]:
                 run.wrk.rps,
                 peer_wrk.rps if peer_wrk else None,
                 "req/s",
+                target="≥ 0.5 times nginx",
+                met=peer_wrk is not None and run.wrk.rps >= 0.5 * peer_wrk.rps,
                 digits=0,
             ),
             Row(sec, "full load, p50", run.wrk.p50_ms, peer_wrk.p50_ms if peer_wrk else None, "ms", digits=2),

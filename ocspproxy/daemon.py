@@ -216,6 +216,8 @@ class Daemon:
         log.info("listening", address=f"{self.address[0]}:{self.address[1]}", staples=len(self.staples))
         await self._stop.wait()
         log.info("shutting down")
+        if self.pool is not None:
+            self.pool.stop_soon()
         _notify("STOPPING=1")
         for task in tasks:
             task.cancel()

@@ -217,21 +217,29 @@ class Worker:
 
 
 async def serve(settings: WorkerSettings) -> int:
+    """Serve until the channel closes. SIGTERM (systemd sends it to every process of the unit) stops
+    the accepting, then waits a while for the main process to close the channel: a worker that left
+    first would be reported as having died."""
     loop = asyncio.get_running_loop()
     worker = Worker(settings)
     loop.add_reader(worker.channel.fileno(), worker.on_readable)
+    terminate = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.closed.set)
+        loop.add_signal_handler(sig, terminate.set)
     servers = [
         await loop.create_server(lambda: FastPath(worker), sock=socket.socket(fileno=fd))
         for fd in settings.listen_fds
     ]
-    await worker.closed.wait()
+    await asyncio.wait(
+        [asyncio.ensure_future(worker.closed.wait()), asyncio.ensure_future(terminate.wait())],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
     for server in servers:
         server.close()
-    # Connections already accepted finish (a hit is answered at once; a hand-over is sent).
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(settings.shutdown_timeout):
+        async with asyncio.timeout(settings.shutdown_timeout + 1):
+            await worker.closed.wait()
+            # Connections already accepted finish (a hit is answered at once).
             while worker.gate.active:  # noqa: ASYNC110 - a counter kept by the connections' callbacks
                 await asyncio.sleep(0.01)
     return 0

@@ -300,6 +300,10 @@ class WorkerPool:
         for worker in self.workers:
             worker.send(message)
 
+    def stop_soon(self) -> None:
+        """The service is stopping: a worker that exits from now on is not started again."""
+        self.stopping = True
+
     async def stop(self) -> None:
         self.stopping = True
         for handle in self._restarts:

@@ -10,6 +10,8 @@ import asyncio
 import datetime as dt
 import os
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from ocspproxy.daemon import Daemon
 from ocspproxy.validate import validate_response
 from tests.conftest import Proxy, eventually
 from tests.pki import TestCA, now
+from tests.test_crash import DaemonProcess
 
 
 async def _post(port: int, body: bytes, *, version: str = "HTTP/1.0") -> tuple[int, bytes]:
@@ -58,9 +61,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie still answers kill 0: look at its state
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(") ")[1][0] != "Z"
+    try:  # a zombie still answers kill 0: look at its state
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 async def _all_held(proxy: Proxy, n: int) -> None:
@@ -195,3 +200,34 @@ async def test_handed_over_connections_leave_the_workers_cap(make_proxy: Any, ca
     for _ in range(40):
         status, body = await _post(port, ca.request(leaf.serial))
         assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status.name == "GOOD"
+
+
+async def _serve_process(ca: TestCA, tmp_path: Path) -> tuple[DaemonProcess, int, int]:
+    """``ocspproxy serve --workers 2`` as a process; (daemon, port, the worker's pid)."""
+    leaf = ca.leaf()
+    leaf_path, issuer = ca.write(tmp_path, leaf, with_chain=False)
+    argv = [sys.executable, "-m", "ocspproxy", "serve", "--listen", "127.0.0.1:0", "--workers", "2"]
+    argv += ["--state-dir", str(tmp_path / "state"), "--cert", str(leaf_path), "--issuers", str(issuer)]
+    daemon = DaemonProcess(argv)
+    port = await daemon.start()
+    await eventually(lambda: bool(daemon.named("worker started")), timeout=10)
+    status, body = await _post(port, ca.request(leaf.serial))
+    assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status.name == "GOOD"
+    return daemon, port, int(daemon.named("worker started")[0]["pid"])
+
+
+async def test_sigterm_to_every_process_of_the_unit_stops_cleanly(ca: TestCA, tmp_path: Path) -> None:
+    daemon, _, worker = await _serve_process(ca, tmp_path)
+    assert daemon.proc is not None
+    # what systemd does on stop (KillMode=control-group): SIGTERM to all of them at once
+    os.kill(worker, signal.SIGTERM)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await daemon.wait() == 0
+    assert not daemon.named("worker exited; starting another")
+    await eventually(lambda: not _alive(worker), timeout=5)
+
+
+async def test_a_worker_exits_when_the_main_process_is_killed(ca: TestCA, tmp_path: Path) -> None:
+    daemon, _, worker = await _serve_process(ca, tmp_path)
+    await daemon.kill()
+    await eventually(lambda: not _alive(worker), timeout=10)
