@@ -76,6 +76,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("certs = [1]", "certs"),
         ("[refresh]\nretry_initial = 100\nretry_max = 10", "refresh.retry_initial"),
         ("listen = ", "--config"),
+        ("[server]\nworkers = 0", "server.workers"),
+        ("[server]\nworkers = 2.5", "server.workers"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -113,3 +115,11 @@ def test_cli_rejects_a_bad_listen_flag(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "listen" in result.stderr
+
+
+def test_workers_flag_is_checked_like_the_key(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[server]\nworkers = 4\n")).workers == 4
+    assert load_config(None, {"workers": 3}).workers == 3
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"workers": 65})
+    assert info.value.key == "server.workers"
