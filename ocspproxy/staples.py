@@ -171,7 +171,9 @@ class Staples:
     def verified(self) -> list[Staple]:
         """Every signature-checked staple held that is still servable."""
         now = self.clock()
-        return [s for s in self._memory.values() if s.verified and s.servable(now)]
+        # .get per key: an entry may expire between the cache's iteration and the lookup.
+        held = (self._memory.get(key) for key in list(self._memory))
+        return [s for s in held if s is not None and s.verified and s.servable(now)]
 
     def refresh(
         self,
