@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import glob
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +99,19 @@ def _stats(paths: Iterable[str]) -> list[tuple[str, int, int]]:
     return out
 
 
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Start-up makes a million objects and frees almost none: the cyclic collector would walk
+    them again and again for nothing (a third of start-up with 100,000 certificates)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _notify(state: str) -> None:
     """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -119,7 +133,8 @@ class Daemon:
         self._reread = reread  # reads the configuration again (file + the same flags) on reload
         # The store first: it creates the state directory, where the certificate index is kept.
         store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
-        self.inventory, self._apache_files = read_inventory(config)
+        with _without_cycle_collection():
+            self.inventory, self._apache_files = read_inventory(config)
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
             store=store,
@@ -145,7 +160,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the listener is open
         self.address: tuple[str, int] | None = None
-        self._watch_snapshot = self._first_snapshot()
+        with _without_cycle_collection():
+            self._watch_snapshot = self._first_snapshot()
 
     def _resolve(self, key: CertKey) -> Job | None:
         issuer = self.inventory.issuer_for_key(key)
@@ -187,7 +203,8 @@ class Daemon:
     async def run(self, *, handle_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
         self._report(self.inventory)
-        loaded, skipped = self.staples.load(self._issuer_cert)
+        with _without_cycle_collection():
+            loaded, skipped = self.staples.load(self._issuer_cert)
         log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
         await self.fetcher.start()
         limits = Limits(

@@ -81,9 +81,9 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
     pos, size, unpack, record = start, len(data), _RECORD.unpack_from, _RECORD.size
     try:
         while pos < size:
-            alg, status, hash_len, serial_len, *stamp, this, next_, produced, revoked, der_len = unpack(
-                data, pos
-            )
+            rec = unpack(data, pos)
+            alg, status, hash_len, serial_len = rec[:4]
+            this, next_, produced, revoked, der_len = rec[8:]
             pos += record
             key_hash = data[pos : pos + hash_len]
             key_hash = key_hashes.setdefault(key_hash, key_hash)
@@ -96,7 +96,7 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
                 raise SnapshotError("truncated record")
             key = CertKey(alg=_ALGS[alg], issuer_key_hash=key_hash, serial=serial)
             out[key] = (
-                Stamp(*stamp),
+                Stamp._make(rec[4:8]),
                 Staple(
                     key=key,
                     der=der,
