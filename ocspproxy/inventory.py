@@ -285,27 +285,33 @@ def build_inventory(
             inv.problems.append(f"certificate glob {source.path}: matches no file")
         globbed = glob.has_magic(source.path)
         for name in paths:
-            if not _add_certificate(inv, Path(name), source, pool, shared, index) and globbed:
-                inv.seen.setdefault(name, _stat_or_none(name))
+            readable = _add_certificate(inv, name, source, pool, shared, index)
+            if globbed and name not in inv.seen:
+                # The watcher lists glob matches as globbed: a file spelt otherwise, or unreadable.
+                known = inv.seen.get(str(Path(name))) if readable else None
+                inv.seen[name] = known or _stat_or_none(name)
     return inv
 
 
 def _add_certificate(
     inv: Inventory,
-    path: Path,
+    name: str,
     source: CertSource,
     pool: list[x509.Certificate],
     shared: _SharedFiles,
     index: CertIndex | None,
 ) -> bool:
-    """Add the certificate in path; False when it could not be read."""
-    where = name if (name := str(path)).startswith("/") else os.path.abspath(name)
+    """Add the certificate in file name; False when it could not be read."""
+    path = Path(name)
+    where = name if name.startswith("/") else os.path.abspath(name)
     try:
-        st = os.stat(path)
-        facts = index.get(where, Stamp.of(st)) if index is not None else None
+        st = os.stat(name)
+        stamp = Stamp.of(st)
+        facts = index.get(where, stamp) if index is not None else None
         certs: list[x509.Certificate] = []
         if facts is None:
             data, st = _read_with_stat(path)
+            stamp = Stamp.of(st)
             certs = _parse_certificates(data)
         _saw(inv, path, st)
         extra: list[_Certs] = []
@@ -320,6 +326,7 @@ def _add_certificate(
         if issuer is None and not certs:
             # Issuers never come from the index: one not known yet means parsing the file.
             data, st = _read_with_stat(path)
+            stamp = Stamp.of(st)
             certs = _parse_certificates(data)
             _saw(inv, path, st)
     except (OSError, ValueError) as exc:
@@ -340,7 +347,7 @@ def _add_certificate(
         key=key, issuer=issuer, url=issuer.ocsp_url or facts.url, path=path, subject=facts.subject
     )
     if index is not None:
-        index.put(where, Stamp.of(st), facts)
+        index.put(where, stamp, facts)
     return True
 
 
@@ -354,7 +361,7 @@ def _stat_or_none(path: str) -> tuple[int, int]:
 
 def _saw(inv: Inventory, path: Path, st: os.stat_result) -> None:
     inv.files[path] = st.st_mtime
-    inv.seen[str(path)] = (st.st_mtime_ns, st.st_size)
+    inv.seen[str(path)] = (st.st_mtime_ns, st.st_size)  # str(path): as the watcher spells it
 
 
 def _parse_leaf(

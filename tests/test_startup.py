@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from ocspproxy.inventory import Inventory
 from ocspproxy.store import FileStore, Stamp
 from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
 from tests.conftest import Proxy, eventually
-from tests.pki import TestCA
+from tests.pki import TestCA, pem
 from tests.upstream import FakeUpstream
 
 
@@ -82,3 +83,21 @@ async def test_a_certificate_changed_after_the_inventory_read_is_noticed(
     await proxy.start()
     assert proxy.daemon is not None
     assert proxy.daemon._snapshot() != proxy.daemon._watch_snapshot  # the next look reloads
+
+
+async def test_the_first_watch_snapshot_is_what_the_watcher_would_see(
+    ca: TestCA, tmp_path: Path, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Globs spelt loosely, an unreadable match, a missing plain path: the same files either way.
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for i in range(3):
+        (certs / f"site-{i}.pem").write_bytes(pem(ca.leaf(f"site{i}").cert))
+    (certs / "broken.pem").write_text("not a certificate")
+    monkeypatch.chdir(tmp_path)
+    proxy: Proxy = make_proxy(ca=ca, leaves=[ca.leaf("issuer-file-only")], state_dir=tmp_path / "state")
+    proxy.config = dataclasses.replace(proxy.config, certs=("./certs//*.pem", str(tmp_path / "gone.pem")))
+    await proxy.start()
+    assert proxy.daemon is not None
+    assert len(proxy.daemon.inventory.targets) == 3
+    assert proxy.daemon._watch_snapshot == proxy.daemon._snapshot()
