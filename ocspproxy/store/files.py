@@ -55,6 +55,10 @@ class FileStore:
     point inside or outside it: a link could make ocspproxy load, and then serve, a response kept
     anywhere. They are reported and skipped like FIFOs, directories, empty and oversized files. The
     state directory itself may be a symbolic link.
+
+    Two more files live there, written the same way and known to the checks above as ours: the
+    staples snapshot (``SNAPSHOT_NAME``, see ``SnapshotStore``) and the certificate index
+    (``INDEX_NAME``, ocspproxy/certindex.py).
     """
 
     def __init__(self, directory: Path) -> None:
