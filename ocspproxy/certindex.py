@@ -38,6 +38,8 @@ VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class LeafFacts:
+    """What a build needs from a certificate file once its issuer is known."""
+
     serial: int
     issuer_key_hash: bytes  # SHA-1 key hash of the issuer proven by its signature when parsed
     issuer_name_hash: bytes  # SHA-1 hash of that issuer's name
@@ -46,7 +48,7 @@ class LeafFacts:
 
 
 class BadIndex(ValueError):
-    pass
+    """Not a usable index (damaged, truncated, another version): every file is parsed."""
 
 
 class CertIndex:
