@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import glob
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import structlog
 from cryptography import x509
 
 from ocspproxy.apache import ApacheConfigError, read_apache_config
+from ocspproxy.certindex import read_index, write_index
 from ocspproxy.channel import IssuerRow
 from ocspproxy.config import Config, ConfigError
 from ocspproxy.fastpath import FastPath
@@ -45,6 +47,8 @@ def utcnow() -> datetime:
 def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
     """Certificates from --cert and from Apache's config. Returns the inventory and the Apache files read.
 
+    Unchanged certificate files are known from the index kept in the state directory (only stat-ed),
+    which is updated afterwards; an index that cannot be read or written costs only speed.
     Raises ConfigError when Apache's configuration cannot be read at all.
     """
     sources = [CertSource(path=p) for p in config.certs]
@@ -68,7 +72,9 @@ def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
                     ca_path=site.ca_certificate_path,
                 )
             )
-    inventory = build_inventory(sources, config.issuers, dict(config.issuer_urls))
+    index = read_index(config.state_dir)
+    inventory = build_inventory(sources, config.issuers, dict(config.issuer_urls), index=index)
+    write_index(config.state_dir, index)
     return inventory, apache_files
 
 
@@ -83,6 +89,31 @@ def _apply_reloadable(current: Config, new: Config) -> Config:
     if later:
         log.warning("configuration changes that take effect after a restart", keys=later)
     return replace(current, **{name: getattr(new, name) for name in _RELOADABLE})
+
+
+def _stats(paths: Iterable[str]) -> list[tuple[str, int, int]]:
+    """(path, mtime_ns, size) of each file; -1, -1 for one that cannot be stat-ed."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((path, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((path, -1, -1))
+    return out
+
+
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Start-up makes a million objects and frees almost none: the cyclic collector would walk
+    them again and again for nothing (a third of start-up with 100,000 certificates)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _notify(state: str) -> None:
@@ -110,8 +141,10 @@ class Daemon:
     def __init__(self, config: Config, *, reread: Callable[[], Config] | None = None) -> None:
         self.config = config
         self._reread = reread  # reads the configuration again (file + the same flags) on reload
-        self.inventory, self._apache_files = read_inventory(config)
+        # The store first: it creates the state directory, where the certificate index is kept.
         store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
+        with _without_cycle_collection():
+            self.inventory, self._apache_files = read_inventory(config)
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
             store=store,
@@ -138,7 +171,8 @@ class Daemon:
         self.ready = asyncio.Event()  # set once the listener is open
         self.address: tuple[str, int] | None = None
         self.pool: WorkerPool | None = None
-        self._watch_snapshot = self._snapshot()
+        with _without_cycle_collection():
+            self._watch_snapshot = self._first_snapshot()
 
     def _resolve(self, key: CertKey) -> Job | None:
         issuer = self.inventory.issuer_for_key(key)
@@ -160,9 +194,19 @@ class Daemon:
         )
 
     def _track_targets(self) -> None:
-        for key, target in self.inventory.targets.items():
-            if target.url is not None:
-                self.scheduler.track(key)
+        self.scheduler.track_all(
+            key for key, target in self.inventory.targets.items() if target.url is not None
+        )
+
+    async def _track_targets_soon(self, batch: int = 5000) -> None:
+        """At start-up, once the listener is open: stored staples are served meanwhile, and
+        scheduling 100,000 refreshes would hold it closed for a second. A batch at a time, so
+        requests are answered in between; a reload meanwhile tracks what it needs itself."""
+        keys = [key for key, target in self.inventory.targets.items() if target.url is not None]
+        for start in range(0, len(keys), batch):
+            targets = self.inventory.targets  # a reload may have replaced the inventory
+            self.scheduler.track_all(key for key in keys[start : start + batch] if key in targets)
+            await asyncio.sleep(0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -170,10 +214,10 @@ class Daemon:
     async def run(self, *, handle_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
         self._report(self.inventory)
-        loaded, skipped = self.staples.load(self._issuer_cert)
+        with _without_cycle_collection():
+            loaded, skipped = self.staples.load(self._issuer_cert)
         log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
         await self.fetcher.start()
-        self._track_targets()
         limits = Limits(
             max_request_bytes=self.config.max_request_bytes,
             max_connections=self.config.max_connections,
@@ -207,9 +251,11 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         tasks = [
+            asyncio.create_task(self._track_targets_soon()),
             asyncio.create_task(self.scheduler.run()),
             asyncio.create_task(self._watch()),
             asyncio.create_task(self.staples.verify_stored()),
+            asyncio.create_task(self.staples.keep_snapshot()),
         ]
         _notify("READY=1")
         self.ready.set()
@@ -306,14 +352,14 @@ class Daemon:
         for pattern in self.config.certs:
             if glob.has_magic(pattern):
                 paths.update(glob.glob(pattern))  # a new file matching a glob is a change too
-        out = []
-        for path in sorted(paths):
-            try:
-                st = os.stat(path)
-                out.append((path, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((path, -1, -1))
-        return tuple(out)
+        return tuple(_stats(sorted(paths)))
+
+    def _first_snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """The watched files as the inventory saw them (it globbed and stat-ed each already), so a
+        change made since it read them is noticed; Apache's files as they are now."""
+        out = {path: (mtime, size) for path, mtime, size in _stats(str(p) for p in self._apache_files)}
+        out.update(self.inventory.seen)
+        return tuple((path, *out[path]) for path in sorted(out))
 
     def _watched_directories(self) -> set[Path]:
         dirs = set()

@@ -7,6 +7,8 @@ request.
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from ocspproxy.certindex import CertIndex, LeafFacts
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
+from ocspproxy.store import Stamp
 
 __all__ = [
     "CertSource",
@@ -76,6 +80,9 @@ class Inventory:
     targets: dict[CertKey, Target] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     files: dict[Path, float] = field(default_factory=dict)  # certificate files read, with mtimes
+    # (mtime_ns, size) of those files and of every glob match as this build saw them ((-1, -1): no
+    # stat), where the watcher starts comparing: a change made since is noticed.
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
     unreadable: set[Path] = field(default_factory=set)  # configured certificate files that failed
     # (issuer name, authority key id) -> issuer already proven by a signature: one check per CA,
     # not one per certificate (100,000 signature checks would dominate start-up).
@@ -135,11 +142,23 @@ class Inventory:
 
 
 def load_certificates(path: Path) -> list[x509.Certificate]:
-    data = path.read_bytes()
+    return _parse_certificates(path.read_bytes())
+
+
+def _parse_certificates(data: bytes) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
         return [x509.load_der_x509_certificate(data)]
+
+
+def _read_with_stat(path: Path) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and the stat of the very file read (it may be replaced meanwhile)."""
+    with path.open("rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        return f.read(), st
 
 
 def ocsp_url(cert: x509.Certificate) -> str | None:
@@ -195,13 +214,57 @@ def _ca_path_certs(directory: Path) -> list[x509.Certificate]:
     return certs
 
 
+@dataclass(slots=True)
+class _Certs:
+    certs: list[x509.Certificate]
+    by_hashes: dict[tuple[bytes, bytes], x509.Certificate]  # SHA-1 key and name hashes -> certificate
+
+
+class _SharedFiles:
+    """Chain and CA files, and CA directories, read once per build: many vhosts share one."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[Stamp, _Certs]] = {}
+        self._dirs: dict[Path, _Certs] = {}
+
+    def file(self, path: Path) -> tuple[_Certs, os.stat_result]:
+        """The file's certificates and stat; read again only when its stamp moved. Raises
+        OSError or ValueError."""
+        st = os.stat(path)
+        known = self._files.get(path)
+        if known is not None and known[0] == Stamp.of(st):
+            return known[1], st
+        data, st = _read_with_stat(path)
+        certs = _index(_parse_certificates(data))
+        self._files[path] = (Stamp.of(st), certs)
+        return certs, st
+
+    def directory(self, path: Path) -> _Certs:
+        if path not in self._dirs:
+            self._dirs[path] = _index(_ca_path_certs(path))
+        return self._dirs[path]
+
+
+def _index(certs: list[x509.Certificate]) -> _Certs:
+    by_hashes = {(issuer_key_hash(c, "sha1"), issuer_name_hash(c, "sha1")): c for c in reversed(certs)}
+    return _Certs(certs, by_hashes)  # reversed: the first of equals wins, as when searching in order
+
+
 def build_inventory(
     sources: Iterable[CertSource],
     issuer_files: Iterable[Path],
     overrides: Mapping[Path, str] | None = None,
+    *,
+    index: CertIndex | None = None,
 ) -> Inventory:
-    """Read every certificate and issuer file. Problems are collected, never raised."""
+    """Read every certificate and issuer file. Problems are collected, never raised.
+
+    With an index, a certificate file unchanged since it was last parsed is only stat-ed, provided
+    the issuer its entry names is already known (given, or parsed earlier in this build); the
+    index is then updated with what this build saw.
+    """
     inv = Inventory()
+    shared = _SharedFiles()
     pool: list[x509.Certificate] = []
     for path in issuer_files:
         try:
@@ -220,38 +283,121 @@ def build_inventory(
         paths = sorted(glob.glob(source.path)) if glob.has_magic(source.path) else [source.path]
         if not paths:
             inv.problems.append(f"certificate glob {source.path}: matches no file")
+        globbed = glob.has_magic(source.path)
         for name in paths:
-            _add_certificate(inv, Path(name), source, pool)
+            readable = _add_certificate(inv, name, source, pool, shared, index)
+            if globbed and name not in inv.seen:
+                # The watcher lists glob matches as globbed: a file spelt otherwise, or unreadable.
+                known = inv.seen.get(str(Path(name))) if readable else None
+                inv.seen[name] = known or _stat_or_none(name)
     return inv
 
 
-def _add_certificate(inv: Inventory, path: Path, source: CertSource, pool: list[x509.Certificate]) -> None:
+def _add_certificate(
+    inv: Inventory,
+    name: str,
+    source: CertSource,
+    pool: list[x509.Certificate],
+    shared: _SharedFiles,
+    index: CertIndex | None,
+) -> bool:
+    """Add the certificate in file name; False when it could not be read."""
+    path = Path(name)
+    where = name if name.startswith("/") else os.path.abspath(name)
     try:
-        certs = load_certificates(path)
-        inv.files[path] = path.stat().st_mtime
-        extra: list[x509.Certificate] = []
+        st = os.stat(name)
+        stamp = Stamp.of(st)
+        facts = index.get(where, stamp) if index is not None else None
+        certs: list[x509.Certificate] = []
+        if facts is None:
+            data, st = _read_with_stat(path)
+            stamp = Stamp.of(st)
+            certs = _parse_certificates(data)
+        _saw(inv, path, st)
+        extra: list[_Certs] = []
         for chain in (source.chain_file, source.ca_file):
             if chain is not None:
-                extra.extend(load_certificates(chain))
-                inv.files[chain] = chain.stat().st_mtime
+                found, chain_st = shared.file(chain)
+                _saw(inv, chain, chain_st)
+                extra.append(found)
         if source.ca_path is not None:
-            extra.extend(_ca_path_certs(source.ca_path))
+            extra.append(shared.directory(source.ca_path))
+        issuer = _known_issuer(inv, facts, extra) if facts is not None else None
+        if issuer is None and not certs:
+            # Issuers never come from the index: one not known yet means parsing the file.
+            data, st = _read_with_stat(path)
+            stamp = Stamp.of(st)
+            certs = _parse_certificates(data)
+            _saw(inv, path, st)
     except (OSError, ValueError) as exc:
         inv.problems.append(f"certificate {path}: unreadable ({exc})")
         inv.unreadable.add(path)
-        return
+        return False
+    if issuer is None:
+        facts, issuer = _parse_leaf(inv, path, certs, extra, pool)
+    if facts is None or issuer is None:
+        return True  # issuer not found: reported
+    if facts.url is None and issuer.ocsp_url is None:
+        inv.problems.append(
+            f"certificate {path} ({facts.subject}): no OCSP URL in the certificate and none configured "
+            f"for its issuer; it cannot be stapled"
+        )
+    key = CertKey(alg="sha1", issuer_key_hash=issuer.key_hashes["sha1"], serial=facts.serial)
+    inv.targets[key] = Target(
+        key=key, issuer=issuer, url=issuer.ocsp_url or facts.url, path=path, subject=facts.subject
+    )
+    if index is not None:
+        index.put(where, stamp, facts)
+    return True
+
+
+def _stat_or_none(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _saw(inv: Inventory, path: Path, st: os.stat_result) -> None:
+    inv.files[path] = st.st_mtime
+    inv.seen[str(path)] = (st.st_mtime_ns, st.st_size)  # str(path): as the watcher spells it
+
+
+def _parse_leaf(
+    inv: Inventory,
+    path: Path,
+    certs: list[x509.Certificate],
+    extra: list[_Certs],
+    pool: list[x509.Certificate],
+) -> tuple[LeafFacts | None, Issuer | None]:
+    """The leaf's facts and its issuer, proven by signature; (None, None) when not found (reported)."""
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()
-    issuer_cert = inv.find_issuer(leaf, [*certs[1:], *extra, *pool])
+    issuer_cert = inv.find_issuer(leaf, [*certs[1:], *(c for part in extra for c in part.certs), *pool])
     if issuer_cert is None:
         inv.problems.append(f"certificate {path} ({subject}): issuer not found; give it with --issuers")
-        return
+        return None, None
     issuer = inv.issuer_of_cert(issuer_cert)
-    url = ocsp_url(leaf)
-    if url is None and issuer.ocsp_url is None:
-        inv.problems.append(
-            f"certificate {path} ({subject}): no OCSP URL in the certificate and none configured for "
-            f"its issuer; it cannot be stapled"
-        )
-    key = CertKey(alg="sha1", issuer_key_hash=issuer.key_hashes["sha1"], serial=leaf.serial_number)
-    inv.targets[key] = Target(key=key, issuer=issuer, url=issuer.ocsp_url or url, path=path, subject=subject)
+    facts = LeafFacts(
+        leaf.serial_number,
+        issuer.key_hashes["sha1"],
+        issuer_name_hash(issuer_cert, "sha1"),
+        ocsp_url(leaf),
+        subject,
+    )
+    return facts, issuer
+
+
+def _known_issuer(inv: Inventory, facts: LeafFacts, extra: list[_Certs]) -> Issuer | None:
+    """The issuer an index entry names, if this build already knows it: given (--issuers,
+    [[issuer]]), proven for a file parsed earlier, or in this source's chain and CA files. Known
+    issuers go by key hash, as ``Inventory.add_issuer`` keeps them."""
+    issuer = inv.issuers.get(("sha1", facts.issuer_key_hash))
+    if issuer is not None:
+        return issuer
+    for part in extra:
+        cert = part.by_hashes.get((facts.issuer_key_hash, facts.issuer_name_hash))
+        if cert is not None:
+            return inv.issuer_of_cert(cert)
+    return None

@@ -10,7 +10,7 @@ import binascii
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from urllib.parse import unquote
 
@@ -69,6 +69,19 @@ class CertKey:
     alg: str
     issuer_key_hash: bytes
     serial: int
+    # Computed once: a key is hashed in several dicts each time it is looked up or stored, and
+    # start-up does that 100,000 times over.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.alg, self.issuer_key_hash, self.serial)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[CertKey], tuple[str, bytes, int]]:
+        # Rebuilt, never restored: the cached hash belongs to this process (hash randomisation).
+        return (CertKey, (self.alg, self.issuer_key_hash, self.serial))
 
     def __str__(self) -> str:
         return f"{self.alg}-{self.issuer_key_hash.hex()}-{self.serial:x}"

@@ -12,8 +12,9 @@ import contextlib
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from cryptography import x509
@@ -89,18 +90,37 @@ class Scheduler:
         self._entries[key] = _Entry(seq=-1)
         self._schedule(key, self._delay_from_staple(key) or 0.0)
 
+    def track_all(self, keys: Iterable[CertKey]) -> None:
+        """``track`` for many keys (start-up, reload), with one clock reading for all of them."""
+        now = self.clock()
+        mono = asyncio.get_running_loop().time()
+        added = False
+        with self.staples.batch():
+            for key in keys:
+                if key in self._entries:
+                    continue
+                entry = self._entries[key] = _Entry(seq=next(self._seq))
+                entry.due = mono + (self._delay_from_staple(key, now) or 0.0)
+                self._heap.append((entry.due, entry.seq, key))
+                added = True
+        if added:
+            heapq.heapify(self._heap)
+            self._wake.set()
+
     def untrack(self, key: CertKey) -> None:
         self._entries.pop(key, None)  # its heap item goes stale and is dropped when it surfaces
 
     def tracked(self) -> list[CertKey]:
         return list(self._entries)
 
-    def _delay_from_staple(self, key: CertKey) -> float | None:
+    def _delay_from_staple(self, key: CertKey, now: datetime | None = None) -> float | None:
         """Seconds until the current staple is due, or None when nothing servable is held."""
-        staple = self.staples.held_until(key)
+        if now is None:
+            now = self.clock()
+        staple = self.staples.held_until(key, now)
         if staple is None:
             return None
-        return max(0.0, (self.policy.due(staple, self.rng) - self.clock()).total_seconds())
+        return max(0.0, (self.policy.due(staple, self.rng) - now).total_seconds())
 
     def due_now(self, key: CertKey) -> None:
         """Fetch key soon: the staple it was scheduled by turned out unusable."""

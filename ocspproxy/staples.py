@@ -7,10 +7,11 @@ a single upstream request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -21,10 +22,11 @@ from cryptography import x509
 
 from ocspproxy.ocsp import CertKey, build_request
 from ocspproxy.policy import Verdict, accept
+from ocspproxy.snapshot import SnapshotError, decode, encode
 from ocspproxy.staple import CertStatus, Staple
-from ocspproxy.store import Store, StoreError
+from ocspproxy.store import SnapshotStore, Stamp, Store, StoreError
 from ocspproxy.upstream import Fetcher, UpstreamError
-from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
+from ocspproxy.validate import ExpiredResponse, InvalidResponse, check_times, validate_response
 
 __all__ = ["Clock", "FetchResult", "Refreshed", "Staples"]
 
@@ -92,18 +94,25 @@ class Staples:
         # One write at a time per key, so an older staple is never written over a newer one.
         self._write_locks: weakref.WeakValueDictionary[CertKey, asyncio.Lock] = weakref.WeakValueDictionary()
         self._flush_task: asyncio.Task[None] | None = None
+        # For the snapshot (stores that keep one): per key, the stamp of the stored file and the
+        # staple whose bytes it holds. Set only here in the event loop once a write has returned
+        # (or at load), so a pair never mixes one file's stamp with another staple's bytes.
+        self._stamps: dict[CertKey, tuple[Stamp, Staple]] = {}
+        self._stamps_changed = False
+        self._snapshot_lock = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._memory)
 
     async def close(self) -> None:
-        """Cancel fetches still in flight (shutdown)."""
+        """Cancel fetches still in flight and write the snapshot (shutdown)."""
         tasks: list[asyncio.Task[Refreshed] | asyncio.Task[None]] = list(self._inflight.values())
         if self._flush_task is not None:
             tasks.append(self._flush_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.save_snapshot()
 
     def current(self, key: CertKey) -> Staple | None:
         """The staple held for key, servable or recently expired; always signature-checked."""
@@ -116,10 +125,14 @@ class Staples:
         staple = self.current(key)
         return staple if staple is not None and staple.servable(self.clock()) else None
 
-    def held_until(self, key: CertKey) -> Staple | None:
+    def held_until(self, key: CertKey, now: datetime | None = None) -> Staple | None:
         """For scheduling only: the servable staple held, signature checked or not (no work)."""
         staple = self._memory.get(key)
-        return staple if staple is not None and staple.servable(self.clock()) else None
+        return staple if staple is not None and staple.servable(now or self.clock()) else None
+
+    def batch(self) -> contextlib.AbstractContextManager[float]:
+        """Within it, the memory cache reads the clock once: for start-up work on every key."""
+        return self._memory.timer
 
     def _verify_stored(self, staple: Staple) -> Staple | None:
         """Check the signature of a staple loaded at start-up; drop it if that fails."""
@@ -134,13 +147,23 @@ class Staples:
         except InvalidResponse as exc:
             log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
             self._memory.pop(staple.key, None)
+            if self._stamped(staple):
+                del self._stamps[staple.key]  # its file is read and checked again next time
+                self._stamps_changed = True
             if self.changed is not None:
                 self.changed(staple.key, None)
             if self.dropped is not None:
                 self.dropped(staple.key)
             return None
+        if self._stamped(staple):
+            # The same bytes: keep one object, not two, per staple.
+            self._stamps[staple.key] = (self._stamps[staple.key][0], checked)
         self.put(checked)
         return checked
+
+    def _stamped(self, staple: Staple) -> bool:
+        entry = self._stamps.get(staple.key)
+        return entry is not None and entry[1] is staple
 
     async def verify_stored(self, batch: int = 256) -> None:
         """Check every staple loaded unverified, a batch at a time between requests."""
@@ -155,6 +178,35 @@ class Staples:
                 checked += 1
             await asyncio.sleep(0)
         log.info("stored staples verified", checked=checked, held=len(self._memory))
+        await self.save_snapshot()
+
+    async def keep_snapshot(self, every: float = 600.0) -> None:
+        """Write the snapshot every so often while staples change, so that a crash costs little."""
+        while True:
+            await asyncio.sleep(every)
+            await self.save_snapshot()
+
+    async def save_snapshot(self) -> None:
+        """Write the snapshot of the stored staples when they changed since the last one (stores
+        that keep one). Never raises: a snapshot that cannot be written costs speed only."""
+        store = self.store
+        if not isinstance(store, SnapshotStore) or not self._stamps_changed:
+            return
+        async with self._snapshot_lock:
+            if not self._stamps_changed:
+                return
+            self._stamps_changed = False
+            now = self.clock()
+            # Taken at one moment in the event loop: consistent pairs only, whatever writes are in
+            # flight (a file written meanwhile gets another stamp and is read at the next start).
+            entries = [entry for entry in self._stamps.values() if entry[1].servable(now)]
+            try:
+                await asyncio.to_thread(lambda: store.write_snapshot(encode(entries)))
+            except StoreError as exc:
+                self._stamps_changed = True
+                log.warning("cannot write the staples snapshot", error=str(exc))
+                return
+            log.info("staples snapshot written", staples=len(entries))
 
     def fetching(self, key: CertKey) -> bool:
         return key in self._inflight
@@ -263,12 +315,17 @@ class Staples:
                 return True
             seq = next(self._write_seq)
             try:
-                await asyncio.to_thread(self.store.save, key, staple.der)
+                stamp = await asyncio.to_thread(self.store.save, key, staple.der)
             except StoreError as exc:
                 self._unsaved[key] = staple
                 self._store_state(seq, exc)
                 return False
             self._unsaved.pop(key, None)  # what was waiting for this key is older than what was written
+            if stamp is None:
+                self._stamps.pop(key, None)  # the file changed; how it looks now is not known
+            else:
+                self._stamps[key] = (stamp, staple)
+            self._stamps_changed = True
         if self._store_state(seq, None) and self._unsaved and self._flush_task is None:
             self._flush_task = asyncio.create_task(self._flush())
         return True
@@ -310,6 +367,10 @@ class Staples:
         signature check, most of the cost, is deferred: a staple is checked before it is first
         served or compared, and ``verify_stored`` checks the rest in the background, so 100,000
         stored staples do not hold the listener closed for a minute.
+
+        With a store that keeps a snapshot, a file unchanged since the snapshot is not read: its
+        staple comes from the snapshot (DER and parsed fields), its times are checked here and the
+        rest, like any stored staple, before it is first served.
         """
         self._issuer_of = issuer_of
         loaded = skipped = 0
@@ -320,29 +381,60 @@ class Staples:
             log.warning("stored staple unreadable; skipped", path=path, error=str(exc))
 
         now = self.clock()
-        for key, der in self.store.load_all(report):
-            issuer = issuer_of(key)
-            if issuer is None:
-                skipped += 1
-                log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
-                continue
-            try:
-                staple = validate_response(
-                    der, key=key, issuer=issuer, now=now, skew=self.skew, check_signature=False
-                )
-            except ExpiredResponse as exc:
-                skipped += 1
-                log.info("stored staple expired; removed", key=str(key), reason=str(exc))
+        store = self.store
+        snapshot: dict[CertKey, tuple[Stamp, Staple]] = {}
+        entries: Iterable[tuple[CertKey, Stamp | None, bytes | None]]
+        if isinstance(store, SnapshotStore):
+            snapshot = self._read_snapshot(store)
+            known = {key: stamp for key, (stamp, _) in snapshot.items()}
+            entries = store.load_all_stamped(report, known)
+        else:
+            entries = ((key, None, der) for key, der in store.load_all(report))
+        used = 0
+        with self._memory.timer:  # one clock reading for the whole load, not one per staple
+            for key, stamp, der in entries:
+                issuer = issuer_of(key)
+                if issuer is None:
+                    skipped += 1
+                    log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
+                    continue
                 try:
-                    self.store.delete(key)
-                except StoreError as err:
-                    log.warning("cannot remove expired staple", key=str(key), error=str(err))
-                continue
-            except InvalidResponse as exc:
-                skipped += 1
-                log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
-                continue
-            self.put(staple)
-            self._unverified.add(key)
-            loaded += 1
+                    if der is None:
+                        staple = snapshot[key][1]
+                        check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
+                        used += 1
+                    else:
+                        staple = validate_response(
+                            der, key=key, issuer=issuer, now=now, skew=self.skew, check_signature=False
+                        )
+                except ExpiredResponse as exc:
+                    skipped += 1
+                    log.info("stored staple expired; removed", key=str(key), reason=str(exc))
+                    try:
+                        self.store.delete(key)
+                    except StoreError as err:
+                        log.warning("cannot remove expired staple", key=str(key), error=str(err))
+                    continue
+                except InvalidResponse as exc:
+                    skipped += 1
+                    log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
+                    continue
+                self.put(staple)
+                self._unverified.add(key)
+                if stamp is not None:
+                    self._stamps[key] = (stamp, staple)
+                loaded += 1
+        self._stamps_changed = used != len(snapshot) or used != len(self._stamps)
+        if snapshot:
+            log.info("staples snapshot used", staples=used, of=len(snapshot))
         return loaded, skipped
+
+    @staticmethod
+    def _read_snapshot(store: SnapshotStore) -> dict[CertKey, tuple[Stamp, Staple]]:
+        """The snapshot's entries; none when it is missing or unusable (start-up reads the files)."""
+        try:
+            data = store.read_snapshot()
+            return {} if data is None else decode(data)
+        except (StoreError, SnapshotError) as exc:
+            log.warning("staples snapshot unusable; reading every stored staple", error=str(exc))
+            return {}

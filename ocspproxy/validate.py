@@ -22,7 +22,7 @@ from ocspproxy.der import signature_bits_are_whole
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey, hash_name, issuer_key_hash, issuer_name_hash
 from ocspproxy.staple import CertStatus, Staple
 
-__all__ = ["ExpiredResponse", "InvalidResponse", "validate_response"]
+__all__ = ["ExpiredResponse", "InvalidResponse", "check_times", "validate_response"]
 
 
 _RSA = (rsa.RSAPublicKey,)
@@ -95,14 +95,7 @@ def validate_response(
 
     if next_update is None:
         raise InvalidResponse("no nextUpdate: cannot tell how long it may be served")
-    if this_update > now + skew:
-        raise InvalidResponse(f"thisUpdate {this_update.isoformat()} is in the future")
-    if next_update <= this_update:
-        raise InvalidResponse("nextUpdate is not after thisUpdate")
-    if not_after is not None and not_after < next_update:
-        next_update = not_after
-    if next_update <= now:
-        raise ExpiredResponse(f"expired: nextUpdate {next_update.isoformat()} has passed")
+    next_update = check_times(this_update, next_update, now=now, skew=skew, not_after=not_after)
     return Staple(
         key=key,
         der=der,
@@ -113,6 +106,27 @@ def validate_response(
         revocation_time=revoked_at,
         verified=check_signature,
     )
+
+
+def check_times(
+    this_update: datetime,
+    next_update: datetime,
+    *,
+    now: datetime,
+    skew: timedelta,
+    not_after: datetime | None = None,
+) -> datetime:
+    """The checks of a response's times; returns the nextUpdate in effect (capped at a delegated
+    responder's notAfter). Raises InvalidResponse, or ExpiredResponse once it has passed."""
+    if this_update > now + skew:
+        raise InvalidResponse(f"thisUpdate {this_update.isoformat()} is in the future")
+    if next_update <= this_update:
+        raise InvalidResponse("nextUpdate is not after thisUpdate")
+    if not_after is not None and not_after < next_update:
+        next_update = not_after
+    if next_update <= now:
+        raise ExpiredResponse(f"expired: nextUpdate {next_update.isoformat()} has passed")
+    return next_update
 
 
 def _find_single(resp: ocsp.OCSPResponse, key: CertKey, issuer: x509.Certificate) -> ocsp.OCSPSingleResponse:

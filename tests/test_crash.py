@@ -36,8 +36,11 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
+from ocspproxy import snapshot
+from ocspproxy.certindex import CertIndex
 from ocspproxy.ocsp import CertKey
 from ocspproxy.staple import Staple
+from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
 from tests.pki import Leaf, TestCA
 from tests.upstream import FakeUpstream, Reply
@@ -48,6 +51,8 @@ VALIDITY = dt.timedelta(seconds=4)  # refreshed after 2-2.4 s: about 25 writes a
 CYCLES = 30
 SKEW = dt.timedelta(seconds=300)
 SKIPPED_FOR_EXPIRY = "stored staple expired; removed"
+# The state directory's other files, with what must read them whole.
+STATE_FILES = {INDEX_NAME: CertIndex.decode, SNAPSHOT_NAME: snapshot.decode}
 
 CONFIG = """
 log_format = "json"
@@ -229,6 +234,12 @@ class Storm:
                 continue
             key = self.files.get(name)
             path = self.state / name
+            if name in STATE_FILES and stat.S_IMODE(path.stat().st_mode) == 0o600:
+                try:  # written atomically too: a kill never leaves one torn
+                    STATE_FILES[name](path.read_bytes())
+                except ValueError as exc:
+                    self.tally.errors.append(f"damaged {name}: {exc}")
+                continue
             if key is None or stat.S_IMODE(path.stat().st_mode) != 0o600:
                 self.tally.invalid_files += 1
                 self.tally.errors.append(f"unexpected file {name} (mode {path.stat().st_mode:o})")

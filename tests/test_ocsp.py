@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import pickle
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ocspproxy.ocsp import (
+    CertKey,
     MalformedRequest,
     ResponseStatus,
     build_request,
@@ -120,3 +122,12 @@ def test_parse_request_never_crashes(data: bytes) -> None:
 def test_error_responses_parse_with_the_right_status(status: ResponseStatus) -> None:
     parsed = ocsp.load_der_ocsp_response(error_response(status))
     assert parsed.response_status.value == status.value
+
+
+def test_cert_keys_hash_equal_when_equal_and_survive_pickling() -> None:
+    a = CertKey(alg="sha1", issuer_key_hash=bytes(20), serial=7)
+    b = CertKey(alg="sha1", issuer_key_hash=bytes(20), serial=7)
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a != CertKey(alg="sha1", issuer_key_hash=bytes(20), serial=8)
+    again = pickle.loads(pickle.dumps(a))
+    assert again == a and hash(again) == hash(a) and repr(again) == repr(a)

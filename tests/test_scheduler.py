@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -38,7 +39,12 @@ class FakeStaples:
         staple = self.held.get(key)
         return staple if staple is not None and staple.servable(self.clock()) else None
 
-    held_until = servable
+    def held_until(self, key: CertKey, now: datetime | None = None) -> Staple | None:
+        staple = self.held.get(key)
+        return staple if staple is not None and staple.servable(now or self.clock()) else None
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def hold(self, key: CertKey, this_update: datetime) -> None:
         self.held[key] = Staple(
@@ -90,6 +96,25 @@ async def test_nothing_is_fetched_before_it_is_due() -> None:
         scheduler.track(key)
     await run_for(scheduler, 0.3)
     assert staples.fetches == []
+
+
+async def test_tracking_all_at_once_schedules_as_one_at_a_time() -> None:
+    one, _, _, keys = make(50)
+    for key in keys:
+        one.track(key)
+    all_at_once, staples, _, _ = make(50)
+    all_at_once.track_all([*keys, keys[0]])
+    assert len(all_at_once) == 50
+    due_one = {k: due for due, _, k in one._heap}
+    due_all = {k: due for due, _, k in all_at_once._heap}
+    shift = due_all[keys[0]] - due_one[keys[0]]  # the two were made at different moments
+    assert all(abs(due_all[k] - due_one[k] - shift) < 0.05 for k in keys), "same rng, same due times"
+
+    none_held, staples, _, keys = make(5)
+    staples.held.pop(keys[3])
+    none_held.track_all(keys)
+    await run_for(none_held, 0.3)
+    assert [k for k, _ in staples.fetches] == [keys[3]], "nothing held: due at once, the rest not"
 
 
 async def test_forward_jump_refreshes_everything_once_spread_out() -> None:

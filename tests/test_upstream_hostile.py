@@ -41,6 +41,7 @@ from cryptography.x509 import ocsp
 
 from ocspproxy.ocsp import CertKey
 from ocspproxy.staples import FetchResult, Refreshed, Staples
+from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
 from ocspproxy.upstream import UpstreamSettings
 from tests.conftest import Proxy, ProxyFactory, eventually
 from tests.pki import Leaf, TestCA, error_body, now, pem
@@ -312,8 +313,13 @@ def with_unknown_signature_algorithm(der: bytes) -> bytes:
 
 
 def stored(state: Path) -> dict[str, bytes]:
-    """Every file in the state directory (temporary files included: none may be left behind)."""
-    return {p.name: p.read_bytes() for p in sorted(state.iterdir())} if state.exists() else {}
+    """Every file in the state directory (temporary files included: none may be left behind) but
+    the certificate index and the staples snapshot, which hold no staple of their own."""
+    if not state.exists():
+        return {}
+    return {
+        p.name: p.read_bytes() for p in sorted(state.iterdir()) if p.name not in (INDEX_NAME, SNAPSHOT_NAME)
+    }
 
 
 class Fetches:

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Protocol
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ocspproxy.ocsp import CertKey
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["SnapshotStore", "Stamp", "Store", "StoreError"]
 
 
 class StoreError(OSError):
     """A store operation failed; the in-memory staple stays served. ``errno`` is kept when known
     (``ENOSPC``, ``EROFS``, ``EACCES`` ...)."""
+
+
+class Stamp(NamedTuple):
+    """What a file's inode looks like: equal stamps mean the same, unchanged file (any write, rename
+    or chmod moves ctime, which nothing can set back)."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class Store(Protocol):
@@ -38,12 +53,37 @@ class Store(Protocol):
     - Methods may block (disk, network): async callers run them in a worker thread. Callers write one
       key from one writer at a time; different keys may be written concurrently.
     - Failures raise ``StoreError`` naming the key or path.
+    - ``save`` may return a ``Stamp`` of the entry it wrote (see ``SnapshotStore``), else None.
     """
 
-    def save(self, key: CertKey, der: bytes) -> None: ...
+    def save(self, key: CertKey, der: bytes) -> Stamp | None: ...
 
     def load(self, key: CertKey) -> bytes | None: ...
 
     def delete(self, key: CertKey) -> None: ...
 
     def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[tuple[CertKey, bytes]]: ...
+
+
+@runtime_checkable
+class SnapshotStore(Store, Protocol):
+    """Optional: a store that can tell, without reading an entry, that it is unchanged since a stamp
+    was taken, and that keeps one snapshot blob (the staples already parsed) beside its entries.
+
+    - ``save`` returns the stamp of the entry it wrote, taken from the written file itself after it
+      took its name: a stamp always belongs to exactly those bytes.
+    - ``load_all_stamped`` is ``load_all`` with each entry's stamp; an entry whose current stamp
+      equals ``known[key]`` is not read and comes with ``None`` for its bytes.
+    - ``read_snapshot`` returns the blob last written (None when there is none) and raises
+      ``StoreError``; ``write_snapshot`` replaces it atomically and raises ``StoreError``.
+    """
+
+    def save(self, key: CertKey, der: bytes) -> Stamp: ...
+
+    def load_all_stamped(
+        self, on_error: Callable[[str, Exception], None], known: Mapping[CertKey, Stamp]
+    ) -> Iterator[tuple[CertKey, Stamp, bytes | None]]: ...
+
+    def read_snapshot(self) -> bytes | None: ...
+
+    def write_snapshot(self, data: bytes) -> None: ...

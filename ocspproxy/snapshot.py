@@ -1,0 +1,117 @@
+"""The staples snapshot: each stored staple file's stamp with its DER and parsed fields, in one file.
+
+At start-up a staple file whose stamp still matches its snapshot entry is only ``lstat``-ed: the
+staple is built from the entry, unverified, and validated in full (signature, CertID, times) before it
+is first served, like one read from its file. Each entry pairs a stamp with the staple whose bytes the
+file had when that stamp was taken (see ``Staples``); a file written since has another stamp, so it is
+read. The snapshot is only as trusted as the private state directory (0700, the service user) that
+holds the staple files themselves; its checksum catches torn or damaged files, not forgers.
+
+Format: one header line ``ocspproxy-staples <version> <sha256 of the body, hex>``, then packed
+records (``_RECORD`` followed by the issuer key hash, the serial and the DER). Never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey
+from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.store import Stamp
+
+__all__ = ["SnapshotError", "decode", "encode"]
+
+_MAGIC = b"ocspproxy-staples"
+VERSION = 1
+# alg, status, key hash length, serial length, stamp (size, mtime_ns, ino, ctime_ns),
+# thisUpdate, nextUpdate, producedAt, revocationTime (microseconds since the epoch), DER length
+_RECORD = struct.Struct("<BBBBQqQqqqqqI")
+_NO_TIME = -(1 << 63)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_ALGS = tuple(HASH_ALGORITHMS)
+_STATUSES = tuple(CertStatus)
+
+
+class SnapshotError(ValueError):
+    """Not a usable snapshot (damaged, truncated, another version): start-up reads the files."""
+
+
+def encode(entries: Iterable[tuple[Stamp, Staple]]) -> bytes:
+    parts: list[bytes] = []
+    for stamp, staple in entries:
+        key = staple.key
+        serial = key.serial.to_bytes(key.serial.bit_length() // 8 + 1, "big", signed=True)
+        revoked = staple.revocation_time
+        parts.append(
+            _RECORD.pack(
+                _ALGS.index(key.alg),
+                _STATUSES.index(staple.status),
+                len(key.issuer_key_hash),
+                len(serial),
+                *stamp,
+                _us(staple.this_update),
+                _us(staple.next_update),
+                _us(staple.produced_at),
+                _NO_TIME if revoked is None else _us(revoked),
+                len(staple.der),
+            )
+        )
+        parts += (key.issuer_key_hash, serial, staple.der)
+    body = b"".join(parts)
+    return b"%s %d %s\n" % (_MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode()) + body
+
+
+def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
+    """The entries, each staple unverified. Raises SnapshotError."""
+    end = data.find(b"\n", 0, 200)
+    fields = data[:end].split(b" ") if end > 0 else []
+    if len(fields) != 3 or fields[0] != _MAGIC:
+        raise SnapshotError("not a staples snapshot")
+    if fields[1] != b"%d" % VERSION:
+        raise SnapshotError(f"version {fields[1].decode(errors='replace')}, not {VERSION}")
+    start = end + 1
+    if hashlib.sha256(memoryview(data)[start:]).hexdigest().encode() != fields[2]:
+        raise SnapshotError("checksum mismatch: damaged or truncated")
+    out: dict[CertKey, tuple[Stamp, Staple]] = {}
+    key_hashes: dict[bytes, bytes] = {}  # one object per issuer, not one per staple
+    pos, size, unpack, record = start, len(data), _RECORD.unpack_from, _RECORD.size
+    try:
+        while pos < size:
+            rec = unpack(data, pos)
+            alg, status, hash_len, serial_len = rec[:4]
+            this, next_, produced, revoked, der_len = rec[8:]
+            pos += record
+            key_hash = data[pos : pos + hash_len]
+            key_hash = key_hashes.setdefault(key_hash, key_hash)
+            pos += hash_len
+            serial = int.from_bytes(data[pos : pos + serial_len], "big", signed=True)
+            pos += serial_len
+            der = data[pos : pos + der_len]
+            pos += der_len
+            if pos > size:
+                raise SnapshotError("truncated record")
+            key = CertKey(alg=_ALGS[alg], issuer_key_hash=key_hash, serial=serial)
+            out[key] = (
+                Stamp._make(rec[4:8]),
+                Staple(
+                    key=key,
+                    der=der,
+                    status=_STATUSES[status],
+                    this_update=_EPOCH + this * _US,
+                    next_update=_EPOCH + next_ * _US,
+                    produced_at=_EPOCH + produced * _US,
+                    revocation_time=None if revoked == _NO_TIME else _EPOCH + revoked * _US,
+                    verified=False,
+                ),
+            )
+    except (struct.error, IndexError, OverflowError) as exc:
+        raise SnapshotError(f"damaged record: {exc}") from exc
+    return out
+
+
+def _us(when: datetime) -> int:
+    return (when - _EPOCH) // _US
