@@ -70,7 +70,7 @@ class Target:
     key: CertKey
     issuer: Issuer
     url: str | None
-    path: Path
+    path: str  # as configured or globbed, normalised like str(Path(...))
     subject: str
 
 
@@ -79,11 +79,11 @@ class Inventory:
     issuers: dict[tuple[str, bytes], Issuer] = field(default_factory=dict)
     targets: dict[CertKey, Target] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    files: dict[Path, float] = field(default_factory=dict)  # certificate files read, with mtimes
+    files: dict[str, float] = field(default_factory=dict)  # certificate files read, with mtimes
     # (mtime_ns, size) of those files and of every glob match as this build saw them ((-1, -1): no
     # stat), where the watcher starts comparing: a change made since is noticed.
     seen: dict[str, tuple[int, int]] = field(default_factory=dict)
-    unreadable: set[Path] = field(default_factory=set)  # configured certificate files that failed
+    unreadable: set[str] = field(default_factory=set)  # configured certificate files that failed
     # (issuer name, authority key id) -> issuer already proven by a signature: one check per CA,
     # not one per certificate (100,000 signature checks would dominate start-up).
     _proven: dict[tuple[bytes, bytes], x509.Certificate] = field(default_factory=dict, repr=False)
@@ -152,9 +152,9 @@ def _parse_certificates(data: bytes) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(data)]
 
 
-def _read_with_stat(path: Path) -> tuple[bytes, os.stat_result]:
+def _read_with_stat(path: str | Path) -> tuple[bytes, os.stat_result]:
     """The file's bytes and the stat of the very file read (it may be replaced meanwhile)."""
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
@@ -302,7 +302,7 @@ def _add_certificate(
     index: CertIndex | None,
 ) -> bool:
     """Add the certificate in file name; False when it could not be read."""
-    path = Path(name)
+    path = name if _normalised(name) else str(Path(name))  # a Path per file costs 10 µs
     where = name if name.startswith("/") else os.path.abspath(name)
     try:
         st = os.stat(name)
@@ -318,7 +318,7 @@ def _add_certificate(
         for chain in (source.chain_file, source.ca_file):
             if chain is not None:
                 found, chain_st = shared.file(chain)
-                _saw(inv, chain, chain_st)
+                _saw(inv, str(chain), chain_st)
                 extra.append(found)
         if source.ca_path is not None:
             extra.append(shared.directory(source.ca_path))
@@ -359,14 +359,25 @@ def _stat_or_none(path: str) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def _saw(inv: Inventory, path: Path, st: os.stat_result) -> None:
+def _saw(inv: Inventory, path: str, st: os.stat_result) -> None:
     inv.files[path] = st.st_mtime
-    inv.seen[str(path)] = (st.st_mtime_ns, st.st_size)  # str(path): as the watcher spells it
+    inv.seen[path] = (st.st_mtime_ns, st.st_size)  # spelt as str(Path(...)): as the watcher spells it
+
+
+def _normalised(name: str) -> bool:
+    """True when str(Path(name)) == name: no empty or "." component, no trailing slash."""
+    return not (
+        "//" in name
+        or "/./" in name
+        or name.startswith("./")
+        or name.endswith(("/", "/."))
+        or name in ("", ".")
+    )
 
 
 def _parse_leaf(
     inv: Inventory,
-    path: Path,
+    path: str,
     certs: list[x509.Certificate],
     extra: list[_Certs],
     pool: list[x509.Certificate],

@@ -101,16 +101,28 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
                     key=key,
                     der=der,
                     status=_STATUSES[status],
-                    this_update=_EPOCH + this * _US,
-                    next_update=_EPOCH + next_ * _US,
-                    produced_at=_EPOCH + produced * _US,
-                    revocation_time=None if revoked == _NO_TIME else _EPOCH + revoked * _US,
+                    this_update=_time(this),
+                    next_update=_time(next_),
+                    produced_at=_time(produced),
+                    revocation_time=None if revoked == _NO_TIME else _time(revoked),
                     verified=False,
                 ),
             )
     except (struct.error, IndexError, OverflowError) as exc:
         raise SnapshotError(f"damaged record: {exc}") from exc
     return out
+
+
+def _time(us: int) -> datetime:
+    """Microseconds since the epoch as a UTC datetime, exactly: a float of seconds carries them
+    to the microsecond up to 2^32 s (year 2106), and fromtimestamp rounds to the nearest."""
+    if 0 <= us < _FAST_LIMIT:
+        return _fromtimestamp(us / 1_000_000, UTC)
+    return _EPOCH + us * _US  # out of that range: slower, still exact
+
+
+_fromtimestamp = datetime.fromtimestamp
+_FAST_LIMIT = (1 << 32) * 1_000_000
 
 
 def _us(when: datetime) -> int:

@@ -279,3 +279,16 @@ def test_a_saved_file_keeps_the_stamp_save_returned(tmp_path: Path) -> None:
     newer = store.save(key, b"two")
     assert newer != stamp
     assert list(store.load_all_stamped(lambda p, e: None, {key: stamp})) == [(key, newer, b"two")]
+
+
+def test_times_come_back_to_the_microsecond() -> None:
+    import random
+
+    from ocspproxy.snapshot import _EPOCH, _US, _time, _us
+
+    rng = random.Random(7)
+    samples = [0, 1, (1 << 32) * 1_000_000 - 1, (1 << 32) * 1_000_000, -1, -(10**15)]
+    samples += [rng.randrange(0, (1 << 32) * 1_000_000) for _ in range(20_000)]
+    for us in samples:
+        when = _time(us)
+        assert when == _EPOCH + us * _US and _us(when) == us
