@@ -1,7 +1,8 @@
 """Benchmark 3, scale: ocspproxy with N certificates of one CA (N = 100,000; 2,000 with --quick).
 
 (a) fill: empty state directory, time from spawn until N ``*.der`` exist (fetches under the default
-    per-upstream cap of 4); (b) start-up with N stored staples: spawn until the port accepts; (c) VmRSS
+    per-upstream cap of 4); (b) start-up with N stored staples: spawn until the port accepts, for the
+    first start after the fill and for a restart right after it; (c) VmRSS
     after start-up; (d) CPU while idle (utime + stime over a window after start-up, % of one core);
     (e) refresh: N stored staples all past their refresh time (the cached "stale" set: thisUpdate 20 days
     ago, nextUpdate in 10 days), the CA handing out newer ones: time until all N are replaced, counted
@@ -200,6 +201,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
             results.notes.append(
                 f"start-up: {topped_up} staples the fill did not reach were written directly"
             )
+        os.sync()  # the fill's writes reach the disk now, not during the measurement
         requests_before = int(str(get_json(up_port, "/stats")["requests"]))
         port = free_port()
         proc = start_ocspproxy(
@@ -237,6 +239,23 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
             "upstream_requests_while_idle": int(str(get_json(up_port, "/stats")["requests"]))
             - requests_before,
         }
+        # (b') a restart on the same state directory, as `systemctl restart` does
+        port = free_port()
+        proc = start_ocspproxy(
+            port=port,
+            state_dir=state,
+            cert_glob=ss.cert_glob,
+            issuers=ss.ca_pem,
+            log_path=workdir / "restart.log",
+            config=config,
+            wait=False,
+        )
+        try:
+            results.startup["restart_s"] = round(_wait_listening(proc, port, timeout=600), 2)
+            time.sleep(0.5)  # the "listening" line written
+            results.startup["restart_phases_s"] = phases(proc)
+        finally:
+            proc.stop()
         log.append(f"scale: start-up {results.startup}")
 
         # (e) refresh: every stored staple past its refresh time
