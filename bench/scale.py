@@ -261,6 +261,12 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         # (e) refresh: every stored staple past its refresh time
         stale_state = workdir / "state-stale"
         write_staples(stale_state, ss, load_responses(ss.stale_file), only_missing=False)
+        # The certificates are the same as before: a restarted service has its certificate index.
+        index = state / "inventory.index"
+        if index.exists():
+            (stale_state / index.name).write_bytes(index.read_bytes())
+            os.chmod(stale_state / index.name, 0o600)
+        os.sync()
         port = free_port()
         refresh_log = workdir / "refresh.log"
         proc = start_ocspproxy(
