@@ -127,6 +127,14 @@ class Mirror:
             return None
         return Answer(Outcome.HIT, staple, issuer.name)
 
+    def sweep(self, now: datetime) -> int:
+        """Forget staples past nextUpdate that no request came for (a certificate taken out of the
+        configuration is not refreshed again). Returns how many."""
+        gone = [key for key, staple in self.staples.items() if not staple.servable(now)]
+        for key in gone:
+            del self.staples[key]
+        return len(gone)
+
 
 class Worker:
     """The host of the worker's fast path: hits from the mirror, the rest to the main process."""
@@ -230,10 +238,12 @@ async def serve(settings: WorkerSettings) -> int:
         await loop.create_server(lambda: FastPath(worker), sock=socket.socket(fileno=fd))
         for fd in settings.listen_fds
     ]
+    sweeper = asyncio.ensure_future(_sweep(worker.mirror))
     await asyncio.wait(
         [asyncio.ensure_future(worker.closed.wait()), asyncio.ensure_future(terminate.wait())],
         return_when=asyncio.FIRST_COMPLETED,
     )
+    sweeper.cancel()
     for server in servers:
         server.close()
     with contextlib.suppress(TimeoutError):
@@ -243,6 +253,12 @@ async def serve(settings: WorkerSettings) -> int:
             while worker.gate.active:  # noqa: ASYNC110 - a counter kept by the connections' callbacks
                 await asyncio.sleep(0.01)
     return 0
+
+
+async def _sweep(mirror: Mirror, every: float = 60.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        mirror.sweep(datetime.now(UTC))
 
 
 def main(argv: list[str]) -> int:

@@ -131,3 +131,14 @@ def test_worker_settings_round_trip() -> None:
         shutdown_timeout=2.0,
     )
     assert WorkerSettings.from_json(settings.to_json()) == settings
+
+
+def test_mirror_sweep_forgets_only_what_expired() -> None:
+    ca = TestCA()
+    mirror = Mirror()
+    short = _staple(ca, 1, validity=dt.timedelta(minutes=5))
+    long = _staple(ca, 2)
+    mirror.apply(next(encode_staples([short, long])))
+    assert mirror.sweep(now()) == 0 and len(mirror.staples) == 2
+    assert mirror.sweep(short.next_update) == 1
+    assert list(mirror.staples) == [long.key]
