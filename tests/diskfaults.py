@@ -10,10 +10,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 from ocspproxy.ocsp import CertKey
 from ocspproxy.store import Store, StoreError
+from tests.required import unavailable
 
 
 def _mount(*args: str) -> None:
@@ -42,10 +41,7 @@ def mount_works() -> bool:
 def require_mount() -> None:
     """Skip without mount permission; under CI=true fail instead (CI runs as root and can mount)."""
     if not mount_works():
-        message = "mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI=true expects it")
-        pytest.skip(message)
+        unavailable("mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)")
 
 
 @contextlib.contextmanager
