@@ -167,19 +167,23 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
     up_port = free_port()
     upstream, _ = start_upstream(ss.fresh_file, workdir / "upstream.log", port=up_port)
     config = issuer_config(workdir / "ocspproxy.toml", ss.ca_pem, up_port)
+
+    def spawn(port: int, state_dir: Path, log_path: Path) -> Proc:
+        return start_ocspproxy(
+            port=port,
+            state_dir=state_dir,
+            cert_glob=ss.cert_glob,
+            issuers=ss.ca_pem,
+            log_path=log_path,
+            config=config,
+            wait=False,
+        )
+
     try:
         # (a) fill from empty
         state = workdir / "state"
         port = free_port()
-        proc = start_ocspproxy(
-            port=port,
-            state_dir=state,
-            cert_glob=ss.cert_glob,
-            issuers=ss.ca_pem,
-            log_path=workdir / "fill.log",
-            config=config,
-            wait=False,
-        )
+        proc = spawn(port, state, workdir / "fill.log")
         try:
             results.fill = _progress(
                 proc=proc,
@@ -204,15 +208,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         os.sync()  # the fill's writes reach the disk now, not during the measurement
         requests_before = int(str(get_json(up_port, "/stats")["requests"]))
         port = free_port()
-        proc = start_ocspproxy(
-            port=port,
-            state_dir=state,
-            cert_glob=ss.cert_glob,
-            issuers=ss.ca_pem,
-            log_path=workdir / "startup.log",
-            config=config,
-            wait=False,
-        )
+        proc = spawn(port, state, workdir / "startup.log")
         try:
             startup_s = _wait_listening(proc, port, timeout=600)
             rss_start = rss_mib(proc.pid)
@@ -241,15 +237,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         }
         # (b') a restart on the same state directory, as `systemctl restart` does
         port = free_port()
-        proc = start_ocspproxy(
-            port=port,
-            state_dir=state,
-            cert_glob=ss.cert_glob,
-            issuers=ss.ca_pem,
-            log_path=workdir / "restart.log",
-            config=config,
-            wait=False,
-        )
+        proc = spawn(port, state, workdir / "restart.log")
         try:
             results.startup["restart_s"] = round(_wait_listening(proc, port, timeout=600), 2)
             time.sleep(0.5)  # the "listening" line written
@@ -269,15 +257,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         os.sync()
         port = free_port()
         refresh_log = workdir / "refresh.log"
-        proc = start_ocspproxy(
-            port=port,
-            state_dir=stale_state,
-            cert_glob=ss.cert_glob,
-            issuers=ss.ca_pem,
-            log_path=refresh_log,
-            config=config,
-            wait=False,
-        )
+        proc = spawn(port, stale_state, refresh_log)
         counted = {"n": 0, "offset": 0}
 
         def stored() -> int:

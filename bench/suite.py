@@ -210,23 +210,17 @@ def scale_rows(r: ScaleResults) -> list[Row]:
             unit="s",
         ),
         Row(sec, "fill rate (cap 4 per upstream)", _f(fill.get("per_second")), unit="fetches/s", digits=0),
-        Row(
-            sec,
-            "start-up with N staples, first start after the fill (spawn → accepting)",
-            startup,
-            unit="s",
-            target="≤ 5 s",
-            met=None if startup is None else startup <= 5,
-            digits=2,
-        ),
-        Row(
-            sec,
-            "start-up with N staples, restart (spawn → accepting)",
-            restart,
-            unit="s",
-            target="≤ 5 s",
-            met=None if restart is None else restart <= 5,
-            digits=2,
+        *(
+            Row(
+                sec,
+                f"start-up with N staples, {when} (spawn → accepting)",
+                seconds,
+                unit="s",
+                target="≤ 5 s",
+                met=None if seconds is None else seconds <= 5,
+                digits=2,
+            )
+            for when, seconds in (("first start after the fill", startup), ("restart", restart))
         ),
         Row(
             sec,
