@@ -13,7 +13,6 @@ channel closes (the main process is gone) or on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -36,6 +35,7 @@ from ocspproxy.fastpath import FastPath
 from ocspproxy.log import configure_logging
 from ocspproxy.loop import event_loop_runner
 from ocspproxy.ocsp import CertId, CertKey
+from ocspproxy.outbox import Outbox
 from ocspproxy.responder import Answer, Outcome
 from ocspproxy.server import Gate, Limits
 from ocspproxy.staple import Staple
@@ -147,8 +147,7 @@ class Worker:
         self.mirror = Mirror()
         self.channel = socket.socket(fileno=settings.channel_fd)
         self.channel.setblocking(False)
-        self._outbox: collections.deque[tuple[bytes, int | None]] = collections.deque()
-        self._writing = False
+        self._outbox = Outbox(self.channel, on_error=self._close_channel)
         self.closed = asyncio.Event()
 
     def hit(self, cert_id: CertId) -> Answer | None:
@@ -167,34 +166,10 @@ class Worker:
         transport.pause_reading()  # whatever the client sends from now on, the main process reads
         fd = os.dup(sock.fileno())
         first, *rest = encode_handoff(buffer)
-        self._outbox.append((first, fd))
-        self._outbox.extend((part, None) for part in rest)
         transport.abort()  # closes this process's descriptor only: the duplicate keeps the connection
-        self._flush()
-
-    def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._outbox:
-            message, fd = self._outbox[0]
-            try:
-                if fd is None:
-                    self.channel.send(message)
-                else:
-                    socket.send_fds(self.channel, [message], [fd])
-            except BlockingIOError:
-                if not self._writing:
-                    loop.add_writer(self.channel.fileno(), self._flush)
-                    self._writing = True
-                return
-            except OSError:
-                self._close_channel()
-                return
-            self._outbox.popleft()
-            if fd is not None:
-                os.close(fd)
-        if self._writing:
-            loop.remove_writer(self.channel.fileno())
-            self._writing = False
+        self._outbox.put(first, fd)
+        for part in rest:
+            self._outbox.put(part)
 
     def on_readable(self) -> None:
         while True:
@@ -212,14 +187,8 @@ class Worker:
     def _close_channel(self) -> None:
         if self.closed.is_set():
             return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.channel.fileno())
-        if self._writing:
-            loop.remove_writer(self.channel.fileno())
-        for _, fd in self._outbox:
-            if fd is not None:
-                os.close(fd)
-        self._outbox.clear()
+        asyncio.get_running_loop().remove_reader(self.channel.fileno())
+        self._outbox.close()
         self.channel.close()
         self.closed.set()
 

@@ -10,19 +10,19 @@ worker dies its socket leaves the group and no connection waits on it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
 
 from ocspproxy.channel import CHUNK, IssuerRow, decode_handoff, encode_drops, encode_issuers, encode_staples
 from ocspproxy.ocsp import CertKey
+from ocspproxy.outbox import Outbox
 from ocspproxy.server import Limits
 from ocspproxy.staple import Staple
 from ocspproxy.worker import WorkerSettings
@@ -65,8 +65,7 @@ class _Worker:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: socket.socket | None = None
-        self.outbox: collections.deque[bytes | Iterator[bytes]] = collections.deque()
-        self.writing = False
+        self.outbox: Outbox | None = None
         self.handoff: _Handoff | None = None
         self.started = 0.0
         self.restart_delay = _RESTART_INITIAL
@@ -108,49 +107,18 @@ class _Worker:
                 sock.close()  # the worker's own now: see the module's docstring
         ours.setblocking(False)
         self.channel = ours
+        outbox = self.outbox = Outbox(ours, on_error=self.lost)
         self.started = asyncio.get_running_loop().time()
         asyncio.get_running_loop().add_reader(ours.fileno(), self.on_readable)
         issuers, staples = self.pool.snapshot()
-        self.outbox.clear()
-        self.send(encode_issuers(issuers))
-        self.send(encode_staples(staples))  # generated as the channel takes it
+        outbox.put(encode_issuers(issuers))  # (a closed outbox, should this fail, ignores the rest)
+        outbox.put_lazily(encode_staples(staples))  # generated as the channel takes it
         log.info("worker started", worker=self.index, pid=self.proc.pid, staples=len(staples))
 
-    def send(self, message: bytes | Iterator[bytes]) -> None:
-        if self.channel is None:
-            return
-        self.outbox.append(message)
-        if not self.writing:
-            self.flush()
-
-    def flush(self) -> None:
-        assert self.channel is not None
-        loop = asyncio.get_running_loop()
-        while self.outbox:
-            head = self.outbox[0]
-            if isinstance(head, bytes):
-                message = head
-            else:
-                nxt = next(head, None)
-                if nxt is None:
-                    self.outbox.popleft()
-                    continue
-                message = nxt
-                self.outbox.appendleft(message)  # sent next, before the rest of the iterator
-            try:
-                self.channel.send(message)
-            except BlockingIOError:
-                if not self.writing:
-                    loop.add_writer(self.channel.fileno(), self.flush)
-                    self.writing = True
-                return
-            except OSError:
-                self.lost()
-                return
-            self.outbox.popleft()
-        if self.writing:
-            loop.remove_writer(self.channel.fileno())
-            self.writing = False
+    def send(self, messages: list[bytes]) -> None:
+        if self.outbox is not None:
+            for message in messages:
+                self.outbox.put(message)
 
     def on_readable(self) -> None:
         assert self.channel is not None
@@ -205,14 +173,13 @@ class _Worker:
     def lost(self) -> None:
         """The channel closed: the worker exited (or is exiting). Start another unless stopping."""
         loop = asyncio.get_running_loop()
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
         if self.channel is not None:
             loop.remove_reader(self.channel.fileno())
-            if self.writing:
-                loop.remove_writer(self.channel.fileno())
             self.channel.close()
             self.channel = None
-        self.writing = False
-        self.outbox.clear()
         self.drop_handoff()
         if self.pool.stopping:
             return
@@ -287,18 +254,16 @@ class WorkerPool:
 
     def _send_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        held = [s for s in pending.values() if s is not None]
-        dropped = [k for k, s in pending.items() if s is None]
+        # Encoded once for all workers.
+        messages = list(encode_staples(s for s in pending.values() if s is not None))
+        messages += encode_drops(k for k, s in pending.items() if s is None)
         for worker in self.workers:
-            if held:
-                worker.send(encode_staples(held))
-            if dropped:
-                worker.send(encode_drops(dropped))
+            worker.send(messages)
 
     def issuers(self, rows: Iterable[IssuerRow]) -> None:
         message = encode_issuers(rows)
         for worker in self.workers:
-            worker.send(message)
+            worker.send([message])
 
     def stop_soon(self) -> None:
         """The service is stopping: a worker that exits from now on is not started again."""
