@@ -222,8 +222,13 @@ FileStore(Path(sys.argv[1])).save(CertKey(alg="sha1", issuer_key_hash=bytes(20),
 
 
 def open_with_umask_0(state: Path) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-c", _OPEN_WITH_UMASK_0, str(state)],
+    return log_events(run_snippet(_OPEN_WITH_UMASK_0, state).stderr)
+
+
+def run_snippet(code: str, state: Path) -> subprocess.CompletedProcess[str]:
+    """python -c code STATE in a child process, with this project importable; raises if it fails."""
+    return subprocess.run(
+        [sys.executable, "-c", code, str(state)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -231,7 +236,6 @@ def open_with_umask_0(state: Path) -> list[dict[str, Any]]:
         timeout=30,
         check=True,
     )
-    return log_events(done.stderr)
 
 
 def mode(path: Path) -> int:
@@ -390,15 +394,7 @@ def test_unreadable_entry_is_reported_and_skipped(tmp_path: Path) -> None:
         store.save(other, b"secret")  # stays root's, mode 0600
         for path in (state, store.path_for(KEY)):
             os.chown(path, 65534, 65534)
-        done = subprocess.run(
-            [sys.executable, "-c", _LOAD_AS_NOBODY, str(state)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            timeout=30,
-            check=True,
-        )
+        done = run_snippet(_LOAD_AS_NOBODY, state)
         result = json.loads(done.stdout)
         assert result["entries"] == [str(KEY)]
         assert len(result["errors"]) == 1
