@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,18 @@ class CertIndex:
         facts = LeafFacts(serial, key_hash, name_hash, url, subject)
         self._hit = (path, stamp, facts)
         return facts
+
+    def issuers(self) -> list[tuple[bytes, bytes]]:
+        """(issuer key hash, issuer name hash) of every issuer the entries read name."""
+        return list(self._issuers)
+
+    def issuer_paths(self) -> Iterator[tuple[tuple[bytes, bytes], str]]:
+        """(issuer key hash, issuer name hash) and path of each entry read, in the index's order."""
+        issuers = self._issuers
+        for path, row in self._old.items():
+            issuer = row[6]
+            if type(issuer) is int and 0 <= issuer < len(issuers):
+                yield issuers[issuer], path
 
     def put(self, path: str, stamp: Stamp, facts: LeafFacts) -> None:
         """Keep an entry for the next index (what a build found, parsed or from get())."""

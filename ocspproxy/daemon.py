@@ -19,11 +19,11 @@ import structlog
 from cryptography import x509
 
 from ocspproxy.apache import ApacheConfigError, read_apache_config
-from ocspproxy.certindex import read_index, write_index
+from ocspproxy.certindex import CertIndex, read_index, write_index
 from ocspproxy.channel import IssuerRow
 from ocspproxy.config import Config, ConfigError
 from ocspproxy.fastpath import FastPath
-from ocspproxy.inventory import CertSource, Inventory, build_inventory
+from ocspproxy.inventory import CertSource, Inventory, build_inventory, early_inventory
 from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
@@ -35,7 +35,7 @@ from ocspproxy.upstream import Fetcher
 from ocspproxy.watch import DirectoryWatch
 from ocspproxy.workers import PoolSettings, WorkerPool
 
-__all__ = ["Daemon", "read_inventory", "utcnow"]
+__all__ = ["Daemon", "certificate_sources", "read_inventory", "utcnow"]
 
 log = structlog.get_logger("ocspproxy")
 
@@ -44,13 +44,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
-    """Certificates from --cert and from Apache's config. Returns the inventory and the Apache files read.
-
-    Unchanged certificate files are known from the index kept in the state directory (only stat-ed),
-    which is updated afterwards; an index that cannot be read or written costs only speed.
-    Raises ConfigError when Apache's configuration cannot be read at all.
-    """
+def certificate_sources(config: Config) -> tuple[list[CertSource], tuple[Path, ...]]:
+    """The certificate files to keep stapled, from --cert and Apache's config, and the Apache files
+    read. Raises ConfigError when Apache's configuration cannot be read at all."""
     sources = [CertSource(path=p) for p in config.certs]
     apache_files: tuple[Path, ...] = ()
     if config.apache_config is not None:
@@ -72,10 +68,24 @@ def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
                     ca_path=site.ca_certificate_path,
                 )
             )
-    index = read_index(config.state_dir)
+    return sources, apache_files
+
+
+def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
+    """Certificates from --cert and from Apache's config. Returns the inventory and the Apache files read.
+
+    Unchanged certificate files are known from the index kept in the state directory (only stat-ed),
+    which is updated afterwards; an index that cannot be read or written costs only speed.
+    Raises ConfigError when Apache's configuration cannot be read at all.
+    """
+    sources, apache_files = certificate_sources(config)
+    return _build_inventory(config, sources, read_index(config.state_dir)), apache_files
+
+
+def _build_inventory(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
     inventory = build_inventory(sources, config.issuers, dict(config.issuer_urls), index=index)
     write_index(config.state_dir, index)
-    return inventory, apache_files
+    return inventory
 
 
 _STATS_PER_SECOND = 5000
@@ -143,8 +153,12 @@ class Daemon:
         self._reread = reread  # reads the configuration again (file + the same flags) on reload
         # The store first: it creates the state directory, where the certificate index is kept.
         store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
-        with _without_cycle_collection():
-            self.inventory, self._apache_files = read_inventory(config)
+        # What the configuration names is read now (a broken Apache config stops the start); the
+        # certificate files themselves after the listener opens (see run). Until then the
+        # inventory holds the issuers known without them.
+        self._sources, self._apache_files = certificate_sources(config)
+        self._index = read_index(config.state_dir)
+        self.inventory = early_inventory(self._sources, config.issuers, dict(config.issuer_urls), self._index)
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
             store=store,
@@ -157,6 +171,7 @@ class Daemon:
         self.scheduler = Scheduler(
             staples=self.staples, resolve=self._resolve, policy=config.refresh, clock=utcnow
         )
+        self.loaded = asyncio.Event()  # set once every certificate and stored staple is loaded
         self.responder = Responder(
             staples=self.staples,
             scheduler=self.scheduler,
@@ -165,14 +180,16 @@ class Daemon:
             max_tracked_requests=config.max_tracked_requests,
             fetch_rate=config.fetch_rate_per_issuer,
             fetch_burst=config.fetch_burst_per_issuer,
+            loaded=self.loaded,
         )
         self.staples.dropped = self.scheduler.due_now
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()  # set once the listener is open
         self.address: tuple[str, int] | None = None
         self.pool: WorkerPool | None = None
-        with _without_cycle_collection():
-            self._watch_snapshot = self._first_snapshot()
+        self._watch_snapshot: tuple[tuple[str, int, int], ...] = ()  # set by the full load
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._load_failed = False
 
     def _resolve(self, key: CertKey) -> Job | None:
         issuer = self.inventory.issuer_for_key(key)
@@ -213,10 +230,8 @@ class Daemon:
 
     async def run(self, *, handle_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
-        self._report(self.inventory)
         with _without_cycle_collection():
-            loaded, skipped = self.staples.load(self._issuer_cert)
-        log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
+            stored = self.staples.open_snapshot(self._issuer_cert)
         await self.fetcher.start()
         limits = Limits(
             max_request_bytes=self.config.max_request_bytes,
@@ -250,18 +265,24 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
-        tasks = [
-            asyncio.create_task(self._track_targets_soon()),
+        tasks = self._tasks = [
             asyncio.create_task(self.scheduler.run()),
-            asyncio.create_task(self._watch()),
-            asyncio.create_task(self.staples.verify_stored()),
             asyncio.create_task(self.staples.keep_snapshot()),
         ]
+        load = asyncio.create_task(self._load())
+        load.add_done_callback(self._load_done)
+        tasks.append(load)
         _notify("READY=1")
         self.ready.set()
-        log.info("listening", address=f"{self.address[0]}:{self.address[1]}", staples=len(self.staples))
+        log.info(
+            "listening",
+            address=f"{self.address[0]}:{self.address[1]}",
+            issuers=len({id(i) for i in self.inventory.issuers.values()}),
+            snapshot=stored,
+        )
         await self._stop.wait()
         log.info("shutting down")
+        tasks = self._tasks  # with those the full load started
         if self.pool is not None:
             self.pool.stop_soon()
         _notify("STOPPING=1")
@@ -275,7 +296,39 @@ class Daemon:
         await server.shutdown(self.config.shutdown_timeout)
         await self.staples.close()
         await self.fetcher.close()
-        return 0
+        return 1 if self._load_failed else 0
+
+    async def _load(self) -> None:
+        """After the listener opened: read every certificate file and list the store, both in
+        worker threads (they stat 100,000 files each, which waits on the disk when cold), then
+        hold the stored staples, check their signatures and schedule refreshes. Requests are
+        answered meanwhile (see ``Responder``)."""
+        with _without_cycle_collection():
+            listing = asyncio.create_task(self.staples.list_stored())
+            inventory = await asyncio.to_thread(_build_inventory, self.config, self._sources, self._index)
+            stored = await listing
+            self._index = CertIndex()  # its rows are not needed again: a reload reads the written one
+            self.inventory = inventory
+            self._report(inventory)
+            if self.pool is not None:
+                self.pool.issuers(self._issuer_rows())
+            loaded, skipped = await self.staples.merge(stored)
+            log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
+            self._watch_snapshot = self._first_snapshot()
+        self.loaded.set()
+        self._tasks += [
+            asyncio.create_task(self._track_targets_soon()),
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self.staples.verify_stored()),
+        ]
+
+    def _load_done(self, task: asyncio.Task[None]) -> None:
+        """The service is useless without its certificates: a load that failed stops it (exit 1)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._load_failed = True
+        log.error("loading certificates and stored staples failed", error=repr(task.exception()))
+        self._stop.set()
 
     def _start_workers(self, limits: Limits, addresses: list[tuple[int, tuple[str, int]]]) -> WorkerPool:
         settings = PoolSettings(
@@ -321,6 +374,7 @@ class Daemon:
         take effect at the next restart. A configured certificate file that cannot be read keeps its
         previous certificate (a renewal half-way through must not drop a staple).
         """
+        await self.loaded.wait()  # a reload compares with the full inventory
         try:
             config = await asyncio.to_thread(self._reread) if self._reread else self.config
             inventory, apache_files = await asyncio.to_thread(read_inventory, config)

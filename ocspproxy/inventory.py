@@ -6,6 +6,7 @@ request.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import stat
@@ -28,6 +29,7 @@ __all__ = [
     "Target",
     "build_inventory",
     "ca_path_certificates",
+    "early_inventory",
     "find_issuer",
     "load_certificates",
     "ocsp_url",
@@ -263,22 +265,8 @@ def build_inventory(
     the issuer its entry names is already known (given, or parsed earlier in this build); the
     index is then updated with what this build saw.
     """
-    inv = Inventory()
+    inv, pool = _configured_issuers(issuer_files, overrides)
     shared = _SharedFiles()
-    pool: list[x509.Certificate] = []
-    for path in issuer_files:
-        try:
-            pool.extend(load_certificates(path))
-        except (OSError, ValueError) as exc:
-            inv.problems.append(f"issuer file {path}: unreadable ({exc})")
-    for path, url in (overrides or {}).items():
-        try:
-            for cert in load_certificates(path):
-                inv.add_issuer(Issuer.of(cert, url))
-        except (OSError, ValueError) as exc:
-            inv.problems.append(f"issuer file {path}: unreadable ({exc})")
-    for cert in pool:
-        inv.add_issuer(Issuer.of(cert))
     for source in sources:
         paths = sorted(glob.glob(source.path)) if glob.has_magic(source.path) else [source.path]
         if not paths:
@@ -293,6 +281,93 @@ def build_inventory(
     return inv
 
 
+def _configured_issuers(
+    issuer_files: Iterable[Path], overrides: Mapping[Path, str] | None
+) -> tuple[Inventory, list[x509.Certificate]]:
+    """A new inventory holding the configured issuers, and the certificates of the issuer files."""
+    inv = Inventory()
+    pool: list[x509.Certificate] = []
+    for path in issuer_files:
+        try:
+            pool.extend(load_certificates(path))
+        except (OSError, ValueError) as exc:
+            inv.problems.append(f"issuer file {path}: unreadable ({exc})")
+    for path, url in (overrides or {}).items():
+        try:
+            for cert in load_certificates(path):
+                inv.add_issuer(Issuer.of(cert, url))
+        except (OSError, ValueError) as exc:
+            inv.problems.append(f"issuer file {path}: unreadable ({exc})")
+    for cert in pool:
+        inv.add_issuer(Issuer.of(cert))
+    return inv, pool
+
+
+# At most this many certificate files are parsed to prove issuers before the listener opens.
+_EARLY_PARSES = 64
+
+
+def early_inventory(
+    sources: Iterable[CertSource],
+    issuer_files: Iterable[Path],
+    overrides: Mapping[Path, str] | None,
+    index: CertIndex,
+) -> Inventory:
+    """The issuers known without reading every certificate file: the configured ones, and each
+    issuer the index names, proven again by parsing one of its certificates that is still
+    configured (a file the index lists that a source names or its glob matches). A file is
+    parsed as ``build_inventory`` parses it, so each issuer found here is one that a build over
+    the same files finds too. Its targets are those few certificates only; its problems are
+    not reported (the full build reports them).
+    """
+    inv, pool = _configured_issuers(issuer_files, overrides)
+    if all(("sha1", key_hash) in inv.issuers for key_hash, _ in index.issuers()):
+        return inv  # (the common case: --issuers names them all; no entry need be looked at)
+    shared = _SharedFiles()
+    plain: dict[str, CertSource] = {}
+    globs: list[tuple[list[str], CertSource]] = []
+    for source in sources:
+        where = _absolute(source.path)
+        if glob.has_magic(source.path):
+            globs.append((where.split("/"), source))
+        else:
+            plain.setdefault(where, source)
+    parses = 0
+    for (key_hash, _), path in index.issuer_paths():
+        if ("sha1", key_hash) in inv.issuers:
+            continue
+        found = plain.get(path)
+        if found is None:
+            parts = path.split("/")
+            found = next((s for pattern, s in globs if _glob_matches(parts, pattern)), None)
+        if found is None:
+            continue
+        if parses == _EARLY_PARSES:
+            break
+        parses += 1
+        _add_certificate(inv, path, found, pool, shared, None)
+    return inv
+
+
+def _absolute(name: str) -> str:
+    """The path a certificate file is indexed by (see ``_add_certificate``)."""
+    return name if name.startswith("/") else os.path.abspath(name)
+
+
+def _glob_matches(parts: list[str], pattern: list[str]) -> bool:
+    """Whether glob.glob(pattern) would list the path split into parts (both split at "/"):
+    component by component, a wildcard matching no leading dot unless the pattern has one."""
+    if len(parts) != len(pattern):
+        return False
+    for part, pat in zip(parts, pattern, strict=True):
+        if not glob.has_magic(pat):
+            if part != pat:
+                return False
+        elif (part.startswith(".") and not pat.startswith(".")) or not fnmatch.fnmatchcase(part, pat):
+            return False
+    return True
+
+
 def _add_certificate(
     inv: Inventory,
     name: str,
@@ -303,7 +378,7 @@ def _add_certificate(
 ) -> bool:
     """Add the certificate in file name; False when it could not be read."""
     path = name if _normalised(name) else str(Path(name))  # a Path per file costs 10 µs
-    where = name if name.startswith("/") else os.path.abspath(name)
+    where = _absolute(name)
     try:
         st = os.stat(name)
         stamp = Stamp.of(st)

@@ -25,6 +25,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # upstream failed or answered something invalid just now
     SLOW = "slow"  # upstream did not answer within the budget; the fetch goes on
     LIMITED = "limited"  # too many on-demand fetches for this issuer's unconfigured certificates
+    STARTING = "starting"  # still loading certificates and stored staples past the budget
     UNAUTHORIZED = "unauthorized"  # issuer not known to us
     NO_UPSTREAM = "no_upstream"  # issuer known, but no OCSP URL for it
     MALFORMED = "malformed"
@@ -50,8 +51,12 @@ class Responder:
         max_tracked_requests: int,
         fetch_rate: float = 5.0,
         fetch_burst: float = 20.0,
+        loaded: asyncio.Event | None = None,
     ) -> None:
         self.staples = staples
+        # Set once every certificate and stored staple is loaded. Before, hits are answered from
+        # what is known already; anything else (an issuer not known yet, no staple held) waits.
+        self.loaded = loaded
         self.scheduler = scheduler
         self.inventory = inventory
         self.budget = budget
@@ -74,6 +79,17 @@ class Responder:
         hit = self.hit(cert_id)
         if hit is not None:
             return hit
+        deadline = asyncio.get_running_loop().time() + self.budget
+        if self.loaded is not None and not self.loaded.is_set():
+            # Not unauthorized, not fetched: the full inventory and store may know better.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.loaded.wait()
+            except TimeoutError:
+                return Answer(Outcome.STARTING, detail=f"still loading after {self.budget:g}s")
+            hit = self.hit(cert_id)
+            if hit is not None:
+                return hit
         inv = self.inventory()
         issuer = inv.issuer_for(cert_id)
         if issuer is None:
@@ -101,7 +117,7 @@ class Responder:
         )
         task.add_done_callback(lambda t: self._join(key, t))
         try:
-            async with asyncio.timeout(self.budget):
+            async with asyncio.timeout_at(deadline):
                 refreshed = await asyncio.shield(task)  # the fetch outlives this request
         except TimeoutError:
             return Answer(Outcome.SLOW, issuer=issuer.name, detail=f"no answer within {self.budget:g}s")

@@ -11,8 +11,8 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -28,7 +28,7 @@ from ocspproxy.store import SnapshotStore, Stamp, Store, StoreError
 from ocspproxy.upstream import Fetcher, UpstreamError
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, check_times, validate_response
 
-__all__ = ["Clock", "FetchResult", "Refreshed", "Staples"]
+__all__ = ["Clock", "FetchResult", "Listing", "Refreshed", "Staples"]
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("ocspproxy")
@@ -45,6 +45,15 @@ class FetchResult(StrEnum):
     REJECTED = "rejected"  # invalid response
     FAILED = "failed"  # no usable answer
     PASSED = "passed"  # valid, handed to the waiting client, not kept
+
+
+@dataclass(slots=True)
+class Listing:
+    """What the store holds, as ``Staples.list_stored`` found it: entries (key, stamp, DER or None
+    when unchanged since the snapshot) and how many could not be read."""
+
+    entries: list[tuple[CertKey, Stamp | None, bytes | None]] = field(default_factory=list)
+    unreadable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,11 @@ class Staples:
         self._stamps: dict[CertKey, tuple[Stamp, Staple]] = {}
         self._stamps_changed = False
         self._snapshot_lock = asyncio.Lock()
+        # The snapshot's staples until the full load has merged what the store holds
+        # (open_snapshot, merge); no snapshot is written before that.
+        self._pending: dict[CertKey, tuple[Stamp, Staple]] = {}
+        self._from_snapshot = 0  # staples taken from it
+        self._loading = False  # between open_snapshot and the end of merge
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -117,6 +131,8 @@ class Staples:
     def current(self, key: CertKey) -> Staple | None:
         """The staple held for key, servable or recently expired; always signature-checked."""
         staple = self._memory.get(key)
+        if staple is None and self._loading:
+            staple = self._early(key)
         if staple is not None and not staple.verified:
             staple = self._verify_stored(staple)
         return staple
@@ -147,6 +163,7 @@ class Staples:
         except InvalidResponse as exc:
             log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
             self._memory.pop(staple.key, None)
+            self._pending.pop(staple.key, None)  # not taken from the snapshot again by merge
             if self._stamped(staple):
                 del self._stamps[staple.key]  # its file is read and checked again next time
                 self._stamps_changed = True
@@ -190,8 +207,8 @@ class Staples:
         """Write the snapshot of the stored staples when they changed since the last one (stores
         that keep one). Never raises: a snapshot that cannot be written costs speed only."""
         store = self.store
-        if not isinstance(store, SnapshotStore) or not self._stamps_changed:
-            return
+        if not isinstance(store, SnapshotStore) or not self._stamps_changed or self._loading:
+            return  # (until the full load at start-up is done, the snapshot stays as it is)
         async with self._snapshot_lock:
             if not self._stamps_changed:
                 return
@@ -359,8 +376,53 @@ class Staples:
         finally:
             self._flush_task = None
 
+    def open_snapshot(self, issuer_of: Callable[[CertKey], x509.Certificate | None]) -> int:
+        """Start-up, before the listener opens: read the snapshot (stores that keep one). Returns
+        how many staples it holds.
+
+        Until ``merge`` has run, a stored staple can be served at once when its issuer is known
+        already (``issuer_of`` may know only some issuers yet): ``current`` takes it from the
+        snapshot once its file is seen unchanged (one ``lstat``), else reads its file, and checks it
+        in full (times, signature) before it is served. Anything else waits for the full load.
+        """
+        self._issuer_of = issuer_of
+        self._loading = True
+        if isinstance(self.store, SnapshotStore):
+            self._pending = self._read_snapshot(self.store)
+        return len(self._pending)
+
+    async def list_stored(self) -> Listing:
+        """Every stored entry with its stamp, in a worker thread (it touches every file). Entries
+        unchanged since the snapshot come without their bytes. Call after ``open_snapshot``."""
+        known = {key: stamp for key, (stamp, _) in self._pending.items()}
+        return await asyncio.to_thread(self._list, known)
+
+    def _list(self, known: dict[CertKey, Stamp]) -> Listing:
+        listing = Listing()
+
+        def report(path: str, exc: Exception) -> None:
+            listing.unreadable += 1
+            log.warning("stored staple unreadable; skipped", path=path, error=str(exc))
+
+        store = self.store
+        if isinstance(store, SnapshotStore):
+            listing.entries = list(store.load_all_stamped(report, known))
+        else:
+            listing.entries = [(key, None, der) for key, der in store.load_all(report)]
+        return listing
+
+    async def merge(self, listing: Listing, batch: int = 5000) -> tuple[int, int]:
+        """Hold every servable stored staple, a batch at a time between requests; once issuers are
+        all known. Returns (loaded, skipped). See ``load``."""
+        counts = [0, listing.unreadable]
+        entries = listing.entries
+        for start in range(0, len(entries), batch):
+            self._merge(entries[start : start + batch], counts)
+            await asyncio.sleep(0)
+        return self._merged(counts)
+
     def load(self, issuer_of: Callable[[CertKey], x509.Certificate | None]) -> tuple[int, int]:
-        """Load every servable stored staple (before the listener opens). Returns (loaded, skipped).
+        """``open_snapshot``, list and ``merge`` at once. Returns (loaded, skipped).
 
         Each file is validated again as if fetched now: a damaged, foreign or expired file is reported
         and skipped, never fatal. Expired files are removed: they can never be served again. The
@@ -372,43 +434,47 @@ class Staples:
         staple comes from the snapshot (DER and parsed fields), its times are checked here and the
         rest, like any stored staple, before it is first served.
         """
-        self._issuer_of = issuer_of
-        loaded = skipped = 0
+        self.open_snapshot(issuer_of)
+        listing = self._list({key: stamp for key, (stamp, _) in self._pending.items()})
+        counts = [0, listing.unreadable]
+        self._merge(listing.entries, counts)
+        return self._merged(counts)
 
-        def report(path: str, exc: Exception) -> None:
-            nonlocal skipped
-            skipped += 1
-            log.warning("stored staple unreadable; skipped", path=path, error=str(exc))
-
+    def _merge(self, entries: list[tuple[CertKey, Stamp | None, bytes | None]], counts: list[int]) -> None:
+        """Hold the servable staples of entries; counts is [loaded, skipped], updated."""
+        issuer_of = self._issuer_of
+        assert issuer_of is not None, "open_snapshot first"
         now = self.clock()
-        store = self.store
-        snapshot: dict[CertKey, tuple[Stamp, Staple]] = {}
-        entries: Iterable[tuple[CertKey, Stamp | None, bytes | None]]
-        if isinstance(store, SnapshotStore):
-            snapshot = self._read_snapshot(store)
-            known = {key: stamp for key, (stamp, _) in snapshot.items()}
-            entries = store.load_all_stamped(report, known)
-        else:
-            entries = ((key, None, der) for key, der in store.load_all(report))
-        used = 0
-        with self._memory.timer:  # one clock reading for the whole load, not one per staple
+        with self._memory.timer:  # one clock reading for the whole batch, not one per staple
             for key, stamp, der in entries:
+                if key in self._memory:
+                    counts[0] += 1  # taken from the snapshot already, to answer a request
+                    continue
                 issuer = issuer_of(key)
                 if issuer is None:
-                    skipped += 1
+                    counts[1] += 1
                     log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
                     continue
-                try:
+                entry = self._pending.get(key) if der is None else None
+                if der is None and entry is None:
+                    # Its snapshot entry was taken to answer a request and failed its check: the
+                    # file (unchanged, so not read so far) decides.
+                    der = self._read_again(key)
                     if der is None:
-                        staple = snapshot[key][1]
+                        counts[1] += 1
+                        continue
+                try:
+                    if entry is not None:
+                        staple = entry[1]
                         check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
-                        used += 1
+                        self._from_snapshot += 1
                     else:
+                        assert der is not None
                         staple = validate_response(
                             der, key=key, issuer=issuer, now=now, skew=self.skew, check_signature=False
                         )
                 except ExpiredResponse as exc:
-                    skipped += 1
+                    counts[1] += 1
                     log.info("stored staple expired; removed", key=str(key), reason=str(exc))
                     try:
                         self.store.delete(key)
@@ -416,18 +482,71 @@ class Staples:
                         log.warning("cannot remove expired staple", key=str(key), error=str(err))
                     continue
                 except InvalidResponse as exc:
-                    skipped += 1
+                    counts[1] += 1
                     log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
                     continue
                 self.put(staple)
                 self._unverified.add(key)
                 if stamp is not None:
                     self._stamps[key] = (stamp, staple)
-                loaded += 1
-        self._stamps_changed = used != len(snapshot) or used != len(self._stamps)
+                counts[0] += 1
+
+    def _read_again(self, key: CertKey) -> bytes | None:
+        try:
+            return self.store.load(key)
+        except StoreError as exc:
+            log.warning("stored staple unreadable; skipped", key=str(key), error=str(exc))
+            return None
+
+    def _merged(self, counts: list[int]) -> tuple[int, int]:
+        """After the last batch: the snapshot is no longer needed; it is written again when it
+        does not describe exactly what was loaded."""
+        snapshot = len(self._pending)
+        used = self._from_snapshot
+        self._stamps_changed = used != snapshot or len(self._stamps) != snapshot
         if snapshot:
-            log.info("staples snapshot used", staples=used, of=len(snapshot))
-        return loaded, skipped
+            log.info("staples snapshot used", staples=used, of=snapshot)
+        self._pending = {}
+        self._loading = False
+        return counts[0], counts[1]
+
+    def _early(self, key: CertKey) -> Staple | None:
+        """Before the full load: key's stored staple if its issuer is known already, from the
+        snapshot when its file is unchanged since (signature checked by the caller), else read from
+        its file and checked in full. None otherwise: the full load decides."""
+        issuer = self._issuer_of(key) if self._issuer_of is not None else None
+        if issuer is None:
+            return None
+        store = self.store
+        now = self.clock()
+        entry = self._pending.get(key)
+        if entry is not None and isinstance(store, SnapshotStore) and store.stamp(key) == entry[0]:
+            stamp, staple = entry
+            try:
+                check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
+            except InvalidResponse:
+                return None  # the full load removes it
+            self._from_snapshot += 1
+            self._stamps[key] = (stamp, staple)
+            self._unverified.add(key)
+        else:
+            # Written since the snapshot (a crash before it was written again, a file carried
+            # in), or no snapshot at all: one file read.
+            try:
+                if isinstance(store, SnapshotStore):
+                    found = store.load_stamped(key)
+                    der = None if found is None else found[0]
+                else:
+                    found, der = None, store.load(key)
+                if der is None:
+                    return None
+                staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
+            except (StoreError, InvalidResponse):
+                return None  # reported by the full load
+            if found is not None:
+                self._stamps[key] = (found[1], staple)
+        self.put(staple)
+        return staple
 
     @staticmethod
     def _read_snapshot(store: SnapshotStore) -> dict[CertKey, tuple[Stamp, Staple]]:

@@ -75,12 +75,16 @@ class Proxy:
         assert self.daemon is not None and self.daemon.address is not None
         return f"http://127.0.0.1:{self.daemon.address[1]}"
 
-    async def start(self) -> Proxy:
+    async def start(self, *, loaded: bool = True) -> Proxy:
+        """Start; return once it has loaded every certificate and stored staple (tests start from
+        the full inventory and store), or with loaded=False once it listens."""
         self.daemon = Daemon(self.config, reread=self.reread)
         self._task = asyncio.create_task(self.daemon.run(handle_signals=False))
-        ready = asyncio.create_task(self.daemon.ready.wait())
+        event = self.daemon.loaded if loaded else self.daemon.ready
+        ready = asyncio.create_task(event.wait())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED, timeout=10)
         if self._task in done:
+            ready.cancel()
             raise RuntimeError(f"daemon exited with {self._task.result()}")
         assert ready in done, "daemon did not become ready"
         return self

@@ -119,7 +119,7 @@ class DaemonProcess:
         self._listening: asyncio.Future[int] | None = None
 
     async def start(self) -> int:
-        """Start it; returns the port once it listens."""
+        """Start it; returns the port once it listens and has loaded its store."""
         self.events = []
         self._listening = asyncio.get_running_loop().create_future()
         self.proc = await asyncio.create_subprocess_exec(
@@ -136,6 +136,7 @@ class DaemonProcess:
 
     async def _read(self, proc: asyncio.subprocess.Process, listening: asyncio.Future[int]) -> None:
         assert proc.stderr is not None
+        port = 0
         while line := await proc.stderr.readline():
             if not line.startswith(b"{"):
                 continue
@@ -144,8 +145,10 @@ class DaemonProcess:
             except ValueError:
                 continue  # cut short by the kill
             self.events.append(event)
-            if event.get("event") == "listening" and not listening.done():
-                listening.set_result(int(str(event["address"]).rsplit(":", 1)[1]))
+            if event.get("event") == "listening":
+                port = int(str(event["address"]).rsplit(":", 1)[1])
+            if event.get("event") == "store loaded" and not listening.done():
+                listening.set_result(port)
         if not listening.done():
             listening.set_exception(AssertionError(f"daemon exited: {self.events[-3:]}"))
 

@@ -156,8 +156,9 @@ def test_cli_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path) -> No
                         return events[-1]
             raise AssertionError(f"no {event!r} in the log")
 
-        assert wait_for("inventory loaded")["certificates"] == 1
         wait_for("listening")
+        assert wait_for("inventory loaded")["certificates"] == 1
+        wait_for("store loaded")
         other = ca.leaf("renewed")
         (tmp_path / "other.pem").write_bytes(pem(other.cert, ca.cert))
         proc.send_signal(signal.SIGHUP)

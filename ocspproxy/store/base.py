@@ -74,6 +74,9 @@ class SnapshotStore(Store, Protocol):
       took its name: a stamp always belongs to exactly those bytes.
     - ``load_all_stamped`` is ``load_all`` with each entry's stamp; an entry whose current stamp
       equals ``known[key]`` is not read and comes with ``None`` for its bytes.
+    - ``load_stamped`` is ``load`` with the stamp of the entry read.
+    - ``stamp`` returns the current stamp of one entry (None when there is no such entry or it
+      cannot be looked at), without reading it.
     - ``read_snapshot`` returns the blob last written (None when there is none) and raises
       ``StoreError``; ``write_snapshot`` replaces it atomically and raises ``StoreError``.
     """
@@ -83,6 +86,10 @@ class SnapshotStore(Store, Protocol):
     def load_all_stamped(
         self, on_error: Callable[[str, Exception], None], known: Mapping[CertKey, Stamp]
     ) -> Iterator[tuple[CertKey, Stamp, bytes | None]]: ...
+
+    def load_stamped(self, key: CertKey) -> tuple[bytes, Stamp] | None: ...
+
+    def stamp(self, key: CertKey) -> Stamp | None: ...
 
     def read_snapshot(self) -> bytes | None: ...
 

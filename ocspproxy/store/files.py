@@ -142,8 +142,12 @@ class FileStore:
             raise _error(f"cannot write {final}", exc) from exc
 
     def load(self, key: CertKey) -> bytes | None:
+        found = self.load_stamped(key)
+        return None if found is None else found[0]
+
+    def load_stamped(self, key: CertKey) -> tuple[bytes, Stamp] | None:
         try:
-            return self._read(self.path_for(key))[0]
+            return self._read(self.path_for(key))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -208,6 +212,15 @@ class FileStore:
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
+
+    def stamp(self, key: CertKey) -> Stamp | None:
+        """The stamp of key's file as it is now; None when it is missing, not a regular file (a
+        link is not followed) or cannot be looked at."""
+        try:
+            st = os.lstat(self.path_for(key))
+        except OSError:
+            return None
+        return Stamp.of(st) if stat.S_ISREG(st.st_mode) else None
 
     def read_snapshot(self) -> bytes | None:
         """The snapshot blob last written, or None when there is none."""
