@@ -23,13 +23,14 @@ from ocspproxy.certindex import CertIndex, read_index, write_index
 from ocspproxy.channel import IssuerRow
 from ocspproxy.config import Config, ConfigError
 from ocspproxy.fastpath import FastPath
-from ocspproxy.inventory import CertSource, Inventory, build_inventory, early_inventory
+from ocspproxy.inventory import CertSource, Inventory, build_steps, early_inventory
 from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
 from ocspproxy.server import Edge, GuardedServer, Limits
 from ocspproxy.staple import Staple
 from ocspproxy.staples import Staples
+from ocspproxy.steps import Steps, run_in_slices, run_steps
 from ocspproxy.store import FileStore
 from ocspproxy.upstream import Fetcher
 from ocspproxy.watch import DirectoryWatch
@@ -83,9 +84,13 @@ def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
 
 
 def _build_inventory(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
-    inventory = build_inventory(sources, config.issuers, dict(config.issuer_urls), index=index)
+    inventory = run_steps(_inventory_steps(config, sources, index))
     write_index(config.state_dir, index)
     return inventory
+
+
+def _inventory_steps(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
+    return build_steps(sources, config.issuers, dict(config.issuer_urls), index=index)
 
 
 _STATS_PER_SECOND = 5000
@@ -299,21 +304,20 @@ class Daemon:
         return 1 if self._load_failed else 0
 
     async def _load(self) -> None:
-        """After the listener opened: read every certificate file and list the store, both in
-        worker threads (they stat 100,000 files each, which waits on the disk when cold), then
-        hold the stored staples, check their signatures and schedule refreshes. Requests are
-        answered meanwhile (see ``Responder``)."""
+        """After the listener opened: read every certificate file, then hold the stored staples,
+        check their signatures and schedule refreshes. A slice at a time in the event loop:
+        requests are answered in between (see ``Responder``)."""
         with _without_cycle_collection():
-            listing = asyncio.create_task(self.staples.list_stored())
-            inventory = await asyncio.to_thread(_build_inventory, self.config, self._sources, self._index)
-            stored = await listing
+            config = self.config
+            inventory = await run_in_slices(_inventory_steps(config, self._sources, self._index))
+            await asyncio.to_thread(write_index, config.state_dir, self._index)
             self._index = CertIndex()  # its rows are not needed again: a reload reads the written one
             self.inventory = inventory
             self._report(inventory)
             if self.pool is not None:
                 self.pool.issuers(self._issuer_rows())
-            loaded, skipped = await self.staples.merge(stored)
-            log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(self.config.state_dir))
+            loaded, skipped = await run_in_slices(self.staples.load_steps())
+            log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(config.state_dir))
             self._watch_snapshot = self._first_snapshot()
         self.loaded.set()
         self._tasks += [

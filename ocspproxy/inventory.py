@@ -20,6 +20,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ocspproxy.certindex import CertIndex, LeafFacts
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
+from ocspproxy.steps import Steps, run_steps
 from ocspproxy.store import Stamp
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Issuer",
     "Target",
     "build_inventory",
+    "build_steps",
     "ca_path_certificates",
     "early_inventory",
     "find_issuer",
@@ -265,19 +267,42 @@ def build_inventory(
     the issuer its entry names is already known (given, or parsed earlier in this build); the
     index is then updated with what this build saw.
     """
+    return run_steps(build_steps(sources, issuer_files, overrides, index=index))
+
+
+def build_steps(
+    sources: Iterable[CertSource],
+    issuer_files: Iterable[Path],
+    overrides: Mapping[Path, str] | None = None,
+    *,
+    index: CertIndex | None = None,
+    every: int = 128,
+) -> Steps[Inventory]:
+    """``build_inventory`` a step at a time: it yields after every few files, so that the event
+    loop can answer requests in between (start-up), and returns the inventory."""
     inv, pool = _configured_issuers(issuer_files, overrides)
     shared = _SharedFiles()
     for source in sources:
-        paths = sorted(glob.glob(source.path)) if glob.has_magic(source.path) else [source.path]
-        if not paths:
-            inv.problems.append(f"certificate glob {source.path}: matches no file")
         globbed = glob.has_magic(source.path)
-        for name in paths:
+        paths = [source.path]
+        if globbed:
+            paths = []
+            for n, name in enumerate(glob.iglob(source.path), 1):  # glob.glob, a step at a time
+                paths.append(name)
+                if n % (every * 8) == 0:
+                    yield
+            paths.sort()
+            if not paths:
+                inv.problems.append(f"certificate glob {source.path}: matches no file")
+        for n, name in enumerate(paths, 1):
             readable = _add_certificate(inv, name, source, pool, shared, index)
             if globbed and name not in inv.seen:
                 # The watcher lists glob matches as globbed: a file spelt otherwise, or unreadable.
                 known = inv.seen.get(str(Path(name))) if readable else None
                 inv.seen[name] = known or _stat_or_none(name)
+            if n % every == 0:
+                yield
+        yield
     return inv
 
 

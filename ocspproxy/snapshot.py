@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey
 from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.store import Stamp
 
-__all__ = ["SnapshotError", "decode", "encode"]
+__all__ = ["Snapshot", "SnapshotError", "decode", "encode"]
 
 _MAGIC = b"ocspproxy-staples"
 VERSION = 1
@@ -65,8 +65,72 @@ def encode(entries: Iterable[tuple[Stamp, Staple]]) -> bytes:
     return b"%s %d %s\n" % (_MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode()) + body
 
 
+class Snapshot:
+    """A decoded snapshot's keys; each entry is built when asked for (``entry``), so that start-up
+    makes the long-lived staple objects only once the certificate pass has freed its own (made
+    earlier, they leave tens of megabytes of holes behind that pass's garbage)."""
+
+    def __init__(self, data: bytes | None = None) -> None:
+        """Raises SnapshotError (None: an empty snapshot)."""
+        self._data = data or b""
+        self._at: dict[CertKey, int] = _records(data) if data is not None else {}
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def __iter__(self) -> Iterator[CertKey]:
+        return iter(list(self._at))  # (entries may be discarded meanwhile)
+
+    def stamp(self, key: CertKey) -> Stamp | None:
+        at = self._at.get(key)
+        return None if at is None else Stamp._make(_RECORD.unpack_from(self._data, at)[4:8])
+
+    def entry(self, key: CertKey) -> tuple[Stamp, Staple] | None:
+        """key's stamp and staple (unverified), or None when the snapshot has none (or no longer)."""
+        at = self._at.get(key)
+        if at is None:
+            return None
+        rec = _RECORD.unpack_from(self._data, at)
+        status, hash_len, serial_len = rec[1:4]
+        this, next_, produced, revoked, der_len = rec[8:]
+        start = at + _RECORD.size + hash_len + serial_len
+        return Stamp._make(rec[4:8]), Staple(
+            key=key,
+            der=self._data[start : start + der_len],
+            status=_STATUSES[status],
+            this_update=_time(this),
+            next_update=_time(next_),
+            produced_at=_time(produced),
+            revocation_time=None if revoked == _NO_TIME else _time(revoked),
+            verified=False,
+        )
+
+    def discard(self, key: CertKey) -> None:
+        """Forget key's entry (it failed its check): ``entry`` returns None for it from now on."""
+        self._at.pop(key, None)
+
+    def close(self) -> None:
+        """Release the data: the start-up load is done with it."""
+        self._data, self._at = b"", {}
+
+
 def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
-    """The entries, each staple unverified. Raises SnapshotError."""
+    """Every entry, each staple unverified. Raises SnapshotError."""
+    snapshot = Snapshot(data)
+    out = {}
+    for key in snapshot:
+        entry = snapshot.entry(key)
+        assert entry is not None
+        out[key] = entry
+    return out
+
+
+def _records(data: bytes) -> dict[CertKey, int]:
+    """Where each key's record starts, after the header and checksum are checked; the records are
+    walked to the end, so a truncated one is found now. Raises SnapshotError."""
     end = data.find(b"\n", 0, 200)
     fields = data[:end].split(b" ") if end > 0 else []
     if len(fields) != 3 or fields[0] != _MAGIC:
@@ -76,38 +140,26 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
     start = end + 1
     if hashlib.sha256(memoryview(data)[start:]).hexdigest().encode() != fields[2]:
         raise SnapshotError("checksum mismatch: damaged or truncated")
-    out: dict[CertKey, tuple[Stamp, Staple]] = {}
+    out: dict[CertKey, int] = {}
     key_hashes: dict[bytes, bytes] = {}  # one object per issuer, not one per staple
     pos, size, unpack, record = start, len(data), _RECORD.unpack_from, _RECORD.size
     try:
         while pos < size:
+            at = pos
             rec = unpack(data, pos)
             alg, status, hash_len, serial_len = rec[:4]
-            this, next_, produced, revoked, der_len = rec[8:]
+            der_len = rec[12]
+            if alg >= len(_ALGS) or status >= len(_STATUSES):
+                raise SnapshotError("damaged record: unknown algorithm or status")
             pos += record
             key_hash = data[pos : pos + hash_len]
             key_hash = key_hashes.setdefault(key_hash, key_hash)
             pos += hash_len
             serial = int.from_bytes(data[pos : pos + serial_len], "big", signed=True)
-            pos += serial_len
-            der = data[pos : pos + der_len]
-            pos += der_len
+            pos += serial_len + der_len
             if pos > size:
                 raise SnapshotError("truncated record")
-            key = CertKey(alg=_ALGS[alg], issuer_key_hash=key_hash, serial=serial)
-            out[key] = (
-                Stamp._make(rec[4:8]),
-                Staple(
-                    key=key,
-                    der=der,
-                    status=_STATUSES[status],
-                    this_update=_time(this),
-                    next_update=_time(next_),
-                    produced_at=_time(produced),
-                    revocation_time=None if revoked == _NO_TIME else _time(revoked),
-                    verified=False,
-                ),
-            )
+            out[CertKey(alg=_ALGS[alg], issuer_key_hash=key_hash, serial=serial)] = at
     except (struct.error, IndexError, OverflowError) as exc:
         raise SnapshotError(f"damaged record: {exc}") from exc
     return out

@@ -11,8 +11,8 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,13 +22,14 @@ from cryptography import x509
 
 from ocspproxy.ocsp import CertKey, build_request
 from ocspproxy.policy import Verdict, accept
-from ocspproxy.snapshot import SnapshotError, decode, encode
+from ocspproxy.snapshot import Snapshot, SnapshotError, encode
 from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.steps import Steps, run_steps
 from ocspproxy.store import SnapshotStore, Stamp, Store, StoreError
 from ocspproxy.upstream import Fetcher, UpstreamError
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, check_times, validate_response
 
-__all__ = ["Clock", "FetchResult", "Listing", "Refreshed", "Staples"]
+__all__ = ["Clock", "FetchResult", "Refreshed", "Staples"]
 
 Clock = Callable[[], datetime]
 log = structlog.get_logger("ocspproxy")
@@ -45,15 +46,6 @@ class FetchResult(StrEnum):
     REJECTED = "rejected"  # invalid response
     FAILED = "failed"  # no usable answer
     PASSED = "passed"  # valid, handed to the waiting client, not kept
-
-
-@dataclass(slots=True)
-class Listing:
-    """What the store holds, as ``Staples.list_stored`` found it: entries (key, stamp, DER or None
-    when unchanged since the snapshot) and how many could not be read."""
-
-    entries: list[tuple[CertKey, Stamp | None, bytes | None]] = field(default_factory=list)
-    unreadable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +103,8 @@ class Staples:
         self._snapshot_lock = asyncio.Lock()
         # The snapshot's staples until the full load has merged what the store holds
         # (open_snapshot, merge); no snapshot is written before that.
-        self._pending: dict[CertKey, tuple[Stamp, Staple]] = {}
+        self._pending = Snapshot()
+        self._snapshot_size = 0
         self._from_snapshot = 0  # staples taken from it
         self._loading = False  # between open_snapshot and the end of merge
 
@@ -163,7 +156,7 @@ class Staples:
         except InvalidResponse as exc:
             log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
             self._memory.pop(staple.key, None)
-            self._pending.pop(staple.key, None)  # not taken from the snapshot again by merge
+            self._pending.discard(staple.key)  # not taken from the snapshot again by the load
             if self._stamped(staple):
                 del self._stamps[staple.key]  # its file is read and checked again next time
                 self._stamps_changed = True
@@ -380,7 +373,7 @@ class Staples:
         """Start-up, before the listener opens: read the snapshot (stores that keep one). Returns
         how many staples it holds.
 
-        Until ``merge`` has run, a stored staple can be served at once when its issuer is known
+        Until ``load_steps`` has run, a stored staple can be served at once when its issuer is known
         already (``issuer_of`` may know only some issuers yet): ``current`` takes it from the
         snapshot once its file is seen unchanged (one ``lstat``), else reads its file, and checks it
         in full (times, signature) before it is served. Anything else waits for the full load.
@@ -389,40 +382,34 @@ class Staples:
         self._loading = True
         if isinstance(self.store, SnapshotStore):
             self._pending = self._read_snapshot(self.store)
-        return len(self._pending)
+        self._snapshot_size = len(self._pending)
+        return self._snapshot_size
 
-    async def list_stored(self) -> Listing:
-        """Every stored entry with its stamp, in a worker thread (it touches every file). Entries
-        unchanged since the snapshot come without their bytes. Call after ``open_snapshot``."""
-        known = {key: stamp for key, (stamp, _) in self._pending.items()}
-        return await asyncio.to_thread(self._list, known)
-
-    def _list(self, known: dict[CertKey, Stamp]) -> Listing:
-        listing = Listing()
+    def load_steps(self, batch: int = 128) -> Steps[tuple[int, int]]:
+        """Hold every servable stored staple, a few at a time (after ``open_snapshot``, once
+        ``issuer_of`` knows every issuer). Returns (loaded, skipped). See ``load``."""
+        counts = [0, 0]
 
         def report(path: str, exc: Exception) -> None:
-            listing.unreadable += 1
+            counts[1] += 1
             log.warning("stored staple unreadable; skipped", path=path, error=str(exc))
 
         store = self.store
+        entries: Iterator[tuple[CertKey, Stamp | None, bytes | None]]
         if isinstance(store, SnapshotStore):
-            listing.entries = list(store.load_all_stamped(report, known))
+            snapshot = self._pending
+            known = {key: stamp for key in snapshot if (stamp := snapshot.stamp(key)) is not None}
+            yield
+            entries = store.load_all_stamped(report, known)
         else:
-            listing.entries = [(key, None, der) for key, der in store.load_all(report)]
-        return listing
-
-    async def merge(self, listing: Listing, batch: int = 5000) -> tuple[int, int]:
-        """Hold every servable stored staple, a batch at a time between requests; once issuers are
-        all known. Returns (loaded, skipped). See ``load``."""
-        counts = [0, listing.unreadable]
-        entries = listing.entries
-        for start in range(0, len(entries), batch):
-            self._merge(entries[start : start + batch], counts)
-            await asyncio.sleep(0)
+            entries = ((key, None, der) for key, der in store.load_all(report))
+        while chunk := list(itertools.islice(entries, batch)):
+            self._merge(chunk, counts)
+            yield
         return self._merged(counts)
 
     def load(self, issuer_of: Callable[[CertKey], x509.Certificate | None]) -> tuple[int, int]:
-        """``open_snapshot``, list and ``merge`` at once. Returns (loaded, skipped).
+        """``open_snapshot`` and ``load_steps`` at once. Returns (loaded, skipped).
 
         Each file is validated again as if fetched now: a damaged, foreign or expired file is reported
         and skipped, never fatal. Expired files are removed: they can never be served again. The
@@ -435,10 +422,7 @@ class Staples:
         rest, like any stored staple, before it is first served.
         """
         self.open_snapshot(issuer_of)
-        listing = self._list({key: stamp for key, (stamp, _) in self._pending.items()})
-        counts = [0, listing.unreadable]
-        self._merge(listing.entries, counts)
-        return self._merged(counts)
+        return run_steps(self.load_steps())
 
     def _merge(self, entries: list[tuple[CertKey, Stamp | None, bytes | None]], counts: list[int]) -> None:
         """Hold the servable staples of entries; counts is [loaded, skipped], updated."""
@@ -455,7 +439,7 @@ class Staples:
                     counts[1] += 1
                     log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
                     continue
-                entry = self._pending.get(key) if der is None else None
+                entry = self._pending.entry(key) if der is None else None
                 if der is None and entry is None:
                     # Its snapshot entry was taken to answer a request and failed its check: the
                     # file (unchanged, so not read so far) decides.
@@ -501,12 +485,12 @@ class Staples:
     def _merged(self, counts: list[int]) -> tuple[int, int]:
         """After the last batch: the snapshot is no longer needed; it is written again when it
         does not describe exactly what was loaded."""
-        snapshot = len(self._pending)
-        used = self._from_snapshot
-        self._stamps_changed = used != snapshot or len(self._stamps) != snapshot
-        if snapshot:
-            log.info("staples snapshot used", staples=used, of=snapshot)
-        self._pending = {}
+        size, used = self._snapshot_size, self._from_snapshot
+        # (or changed already: a snapshot entry taken early that failed its check)
+        self._stamps_changed |= used != size or len(self._stamps) != size
+        if size:
+            log.info("staples snapshot used", staples=used, of=size)
+        self._pending.close()
         self._loading = False
         return counts[0], counts[1]
 
@@ -517,43 +501,41 @@ class Staples:
         issuer = self._issuer_of(key) if self._issuer_of is not None else None
         if issuer is None:
             return None
-        store = self.store
-        now = self.clock()
-        entry = self._pending.get(key)
-        if entry is not None and isinstance(store, SnapshotStore) and store.stamp(key) == entry[0]:
-            stamp, staple = entry
-            try:
-                check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
-            except InvalidResponse:
-                return None  # the full load removes it
-            self._from_snapshot += 1
+        store, now = self.store, self.clock()
+        stamp: Stamp | None = None
+        try:
+            if isinstance(store, SnapshotStore):
+                was = self._pending.stamp(key)
+                entry = self._pending.entry(key) if was is not None and store.stamp(key) == was else None
+                if entry is not None:
+                    stamp, staple = entry
+                    check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
+                    self._from_snapshot += 1
+                    self._stamps[key] = (stamp, staple)
+                    self._unverified.add(key)
+                    self.put(staple)
+                    return staple
+                # Written since the snapshot (a crash before it was written again, a file
+                # carried in), or no snapshot at all: one file read.
+                found = store.load_stamped(key)
+                der, stamp = found if found is not None else (None, None)
+            else:
+                der = store.load(key)
+            if der is None:
+                return None
+            staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
+        except (StoreError, InvalidResponse):
+            return None  # the full load reports it (and removes it if expired)
+        if stamp is not None:
             self._stamps[key] = (stamp, staple)
-            self._unverified.add(key)
-        else:
-            # Written since the snapshot (a crash before it was written again, a file carried
-            # in), or no snapshot at all: one file read.
-            try:
-                if isinstance(store, SnapshotStore):
-                    found = store.load_stamped(key)
-                    der = None if found is None else found[0]
-                else:
-                    found, der = None, store.load(key)
-                if der is None:
-                    return None
-                staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
-            except (StoreError, InvalidResponse):
-                return None  # reported by the full load
-            if found is not None:
-                self._stamps[key] = (found[1], staple)
         self.put(staple)
         return staple
 
     @staticmethod
-    def _read_snapshot(store: SnapshotStore) -> dict[CertKey, tuple[Stamp, Staple]]:
-        """The snapshot's entries; none when it is missing or unusable (start-up reads the files)."""
+    def _read_snapshot(store: SnapshotStore) -> Snapshot:
+        """The snapshot; an empty one when it is missing or unusable (start-up reads the files)."""
         try:
-            data = store.read_snapshot()
-            return {} if data is None else decode(data)
+            return Snapshot(store.read_snapshot())
         except (StoreError, SnapshotError) as exc:
             log.warning("staples snapshot unusable; reading every stored staple", error=str(exc))
-            return {}
+            return Snapshot()

@@ -14,6 +14,7 @@ from ocspproxy import inventory as inventory_module
 from ocspproxy.certindex import CertIndex
 from ocspproxy.config import Config
 from ocspproxy.inventory import CertSource, Inventory
+from ocspproxy.steps import Steps
 from ocspproxy.store import FileStore, Stamp
 from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
 from tests.conftest import Proxy, eventually
@@ -72,15 +73,15 @@ async def test_a_certificate_changed_after_the_inventory_read_is_noticed(
     leaf = ca.leaf("site")
     proxy: Proxy = make_proxy(ca=ca, leaves=[leaf], state_dir=tmp_path / "state")
     (path,) = (Path(p) for p in proxy.config.certs)
-    real = daemon_module._build_inventory
+    real = daemon_module._inventory_steps
 
-    def then_renewed(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
-        out = real(config, sources, index)
+    def then_renewed(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
+        out = yield from real(config, sources, index)
         st = path.stat()  # renewed just after it was read, before the watcher's first look
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
         return out
 
-    monkeypatch.setattr(daemon_module, "_build_inventory", then_renewed)
+    monkeypatch.setattr(daemon_module, "_inventory_steps", then_renewed)
     await proxy.start()
     assert proxy.daemon is not None
     assert proxy.daemon._snapshot() != proxy.daemon._watch_snapshot  # the next look reloads

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ocspproxy.config import Config
 from ocspproxy.inventory import CertSource, Inventory, _glob_matches, build_inventory, early_inventory
 from ocspproxy.snapshot import decode, encode
 from ocspproxy.staple import Staple
+from ocspproxy.steps import Steps
 from ocspproxy.store.files import SNAPSHOT_NAME, write_atomically
 from tests.conftest import Proxy, eventually
 from tests.pki import TestCA, now, pem
@@ -28,7 +30,7 @@ from tests.upstream import FakeUpstream, Reply
 
 
 class Gate:
-    """Holds the full inventory build (in its worker thread) until opened."""
+    """Holds the full load's certificate pass (a step at a time in the event loop) until opened."""
 
     def __init__(self) -> None:
         self.opened = threading.Event()
@@ -41,14 +43,17 @@ class Gate:
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate = Gate()
-    real = daemon_module._build_inventory
+    real = daemon_module._inventory_steps
 
-    def held(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
+    def held(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
         gate.entered.set()
-        gate.opened.wait(10)  # bounded: a failing test must not hang the loop's shutdown
-        return real(config, sources, index)
+        deadline = time.monotonic() + 10  # bounded: a failing test must not hang its shutdown
+        while not gate.opened.is_set() and time.monotonic() < deadline:
+            time.sleep(0.001)
+            yield
+        return (yield from real(config, sources, index))
 
-    monkeypatch.setattr(daemon_module, "_build_inventory", held)
+    monkeypatch.setattr(daemon_module, "_inventory_steps", held)
     yield gate
     gate.open()
 
@@ -80,7 +85,7 @@ async def test_stored_staples_are_served_before_the_certificate_files_are_read(
 
     await proxy.start(loaded=False)
     assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
-    assert await asyncio.to_thread(gate.entered.wait, 5)  # the full build is under way, held
+    await eventually(gate.entered.is_set)  # the full load is under way, held
     for leaf in leaves:
         answer = await proxy.post(ca.request(leaf.serial))
         assert answer.http_status == 200 and answer.body == served[leaf.serial]
@@ -293,10 +298,11 @@ async def test_a_reload_during_start_up_waits_for_the_full_load(
 async def test_a_failed_load_stops_the_service(
     ca: TestCA, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
+    def broken(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
+        yield
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(daemon_module, "_build_inventory", broken)
+    monkeypatch.setattr(daemon_module, "_inventory_steps", broken)
     proxy: Proxy = make_proxy(ca=ca, leaves=[ca.leaf("site")])
     with pytest.raises(RuntimeError, match="daemon exited with 1"):
         await proxy.start()
