@@ -101,12 +101,13 @@ class Staples:
         self._stamps: dict[CertKey, tuple[Stamp, Staple]] = {}
         self._stamps_changed = False
         self._snapshot_lock = asyncio.Lock()
-        # The snapshot's staples until the full load has merged what the store holds
-        # (open_snapshot, merge); no snapshot is written before that.
+        self._writing: asyncio.Future[None] | None = None  # the snapshot write in its thread
+        # The snapshot read at start-up, until the full load has taken what the store holds
+        # (open_snapshot, load_steps); no snapshot is written before that.
         self._pending = Snapshot()
         self._snapshot_size = 0
         self._from_snapshot = 0  # staples taken from it
-        self._loading = False  # between open_snapshot and the end of merge
+        self._loading = False  # from open_snapshot until load_steps is done
 
     def __len__(self) -> int:
         return len(self._memory)
@@ -119,6 +120,12 @@ class Staples:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        writing = self._writing
+        if writing is not None and not writing.done():
+            # The task that started it was cancelled; its thread goes on. Let it finish (two
+            # writers could leave the older snapshot last), then write what is held now.
+            await asyncio.gather(writing, return_exceptions=True)
+            self._stamps_changed = True
         await self.save_snapshot()
 
     def current(self, key: CertKey) -> Staple | None:
@@ -210,8 +217,11 @@ class Staples:
             # Taken at one moment in the event loop: consistent pairs only, whatever writes are in
             # flight (a file written meanwhile gets another stamp and is read at the next start).
             entries = [entry for entry in self._stamps.values() if entry[1].servable(now)]
+            self._writing = asyncio.ensure_future(
+                asyncio.to_thread(lambda: store.write_snapshot(encode(entries)))
+            )
             try:
-                await asyncio.to_thread(lambda: store.write_snapshot(encode(entries)))
+                await asyncio.shield(self._writing)
             except StoreError as exc:
                 self._stamps_changed = True
                 log.warning("cannot write the staples snapshot", error=str(exc))

@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,3 +293,32 @@ def test_times_come_back_to_the_microsecond() -> None:
     for us in samples:
         when = _time(us)
         assert when == _EPOCH + us * _US and _us(when) == us
+
+
+async def test_a_snapshot_write_cut_short_by_shutdown_is_finished_then_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, later = CA.leaf().serial, CA.leaf().serial
+    state = tmp_path / "state"
+    store = FileStore(state)
+    staples = make_staples(store)
+    await accepted(staples, CA.respond(first), first)
+    real = store.write_snapshot
+    started = threading.Event()
+
+    def slow(data: bytes) -> None:
+        if not started.is_set():
+            started.set()
+            time.sleep(0.3)  # a slow disk, the first time
+        real(data)
+
+    monkeypatch.setattr(store, "write_snapshot", slow)
+    saving = asyncio.create_task(staples.save_snapshot())
+    await asyncio.to_thread(started.wait, 5)
+    saving.cancel()  # shutdown cancels the task that writes it; its thread goes on
+    await asyncio.gather(saving, return_exceptions=True)
+    await accepted(staples, CA.respond(later), later)  # held after that write took its entries
+    await staples.close()
+    await asyncio.sleep(0.5)  # any write still going on has finished: the last one counts
+    keys = set(snapshot.decode((state / SNAPSHOT_NAME).read_bytes()))
+    assert keys == {CA.cert_id(first).key, CA.cert_id(later).key}
