@@ -420,13 +420,21 @@ class Daemon:
         return tuple((path, *out[path]) for path in sorted(out))
 
     def _watched_directories(self) -> set[Path]:
-        dirs = set()
+        """The directories holding the watched files, the real ones behind them, and where a new
+        glob match would appear. In a worker thread: it looks at every file (a symbolic link's
+        target may live elsewhere), which takes a while with 100,000 of them."""
+        parents: set[str] = set()
+        dirs: set[str] = set()
         for path, _, _ in self._watch_snapshot:
-            dirs.add(Path(path).parent)
-            dirs.add(Path(path).resolve().parent)  # certbot's live/ links point into archive/
+            parents.add(os.path.dirname(path) or ".")
+            if os.path.islink(path):  # certbot's live/ links point into archive/
+                dirs.add(os.path.dirname(os.path.realpath(path)))
+        for parent in parents:
+            dirs.add(parent)
+            dirs.add(os.path.realpath(parent))
         for pattern in self.config.certs:
-            dirs.add(Path(pattern).parent)  # where a new file matching a glob would appear
-        return {d for d in dirs if not glob.has_magic(str(d))}
+            dirs.add(os.path.dirname(pattern) or ".")  # where a new file matching a glob would appear
+        return {Path(d) for d in dirs if not glob.has_magic(d)}
 
     async def _watch(self) -> None:
         """Re-read the certificates when their files change: told by inotify where available (a
@@ -452,7 +460,7 @@ class Daemon:
                 if notifier is not None and watched_for is not self._watch_snapshot:
                     # Resolving every path costs a syscall each: only when the file set changed.
                     watched_for = self._watch_snapshot
-                    notified = notifier.watch(self._watched_directories())
+                    notified = notifier.watch(await asyncio.to_thread(self._watched_directories))
                 if notified:
                     poll = max(poll, _NOTIFIED_POLL)
                 with contextlib.suppress(TimeoutError):

@@ -140,3 +140,25 @@ async def test_renewed_certificate_is_noticed_at_once_without_polling(
     tmp.replace(proxy.config.certs[0])  # the way renewal tools replace a file
     key = ca.cert_id(renewed.serial).key
     await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+
+
+async def test_a_certificate_behind_a_symbolic_link_is_watched_where_it_lives(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path: Path
+) -> None:
+    """certbot's layout: live/site.pem links to archive/site1.pem. A change in archive/ is noticed
+    at once (inotify on the link's target directory), with no poll for an hour."""
+    old = ca.leaf()
+    archive, live = tmp_path / "archive", tmp_path / "live"
+    archive.mkdir()
+    live.mkdir()
+    (archive / "site1.pem").write_bytes(pem(old.cert))
+    (live / "site.pem").symlink_to(archive / "site1.pem")
+    proxy = make_proxy(ca=ca, leaves=[old], watch_interval=3600.0)
+    proxy.config = dataclasses.replace(proxy.config, certs=(str(live / "site.pem"),))
+    await proxy.start()
+    assert {archive, live} <= await asyncio.to_thread(proxy.daemon._watched_directories)
+    await eventually(lambda: old.serial in upstream.requests)
+    renewed = ca.leaf()
+    (archive / "site1.pem").write_bytes(pem(renewed.cert))  # in place, behind the link
+    key = ca.cert_id(renewed.serial).key
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
