@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import Proc, cpu_seconds, free_port, port_accepts, rss_mib
+from bench.common import Proc, cpu_seconds, free_port, percentile, port_accepts, rss_mib
 from bench.pkiset import ScaleSet, load_responses, scale_set, staple_file_name
 from bench.servers import der_count, get_json, post_ocsp, start_ocspproxy, start_upstream
 from ocspproxy.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
@@ -97,6 +97,29 @@ def _wait_serving(proc: Proc, port: int, request: bytes, expected: bytes, timeou
         if time.monotonic() > deadline:
             raise TimeoutError(f"{proc.name} served no stored staple within {timeout}s")
         time.sleep(0.01)
+
+
+def _hits_until_loaded(proc: Proc, port: int, request: bytes, expected: bytes) -> dict[str, object]:
+    """While the full load runs (until "store loaded" is logged): one stored staple asked for again
+    and again, each on a new connection, one at a time; latency of each answer, as the client
+    sees it. Every answer must be that staple."""
+    needle = b'"event": "store loaded"'
+    latencies: list[float] = []
+    wrong = 0
+    deadline = time.monotonic() + 600
+    while needle not in proc.log_path.read_bytes() and time.monotonic() < deadline:
+        for _ in range(20):
+            started = time.perf_counter()
+            answer = post_ocsp(port, request, timeout=10.0)
+            latencies.append((time.perf_counter() - started) * 1000)
+            wrong += answer.status != 200 or answer.body != expected
+    return {
+        "n": len(latencies),
+        "wrong": wrong,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "max_ms": round(max(latencies, default=float("nan")), 2),
+    }
 
 
 def _stored_lines(log_path: Path, offset: int) -> tuple[int, int]:
@@ -271,7 +294,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         try:
             restart_s = _wait_serving(proc, port, ask, fresh[probe], timeout=600)
             results.startup["restart_s"] = round(restart_s, 2)
-            _wait_logged(proc, b'"event": "store loaded"', timeout=600)
+            results.startup["hits_during_load"] = _hits_until_loaded(proc, port, ask, fresh[probe])
             results.startup["restart_phases_s"] = phases(proc)
         finally:
             proc.stop()

@@ -230,6 +230,18 @@ def scale_rows(r: ScaleResults) -> list[Row]:
             Row(sec, f"every certificate and staple loaded, {when} (spawn →)", seconds, unit="s", digits=2)
             for when, seconds in zip(("first start", "restart"), loaded, strict=True)
         ),
+        *(
+            Row(
+                sec,
+                f"hits while the full load runs (restart, {during.get('n')} asked), {name}",
+                _f(during.get(key)),
+                unit="ms",
+                digits=2,
+            )
+            for during in [r.startup.get("hits_during_load")]
+            if isinstance(during, dict)
+            for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms"))
+        ),
         Row(
             sec,
             "RSS after start-up (all loaded)",

@@ -23,7 +23,7 @@ def run_steps(steps: Steps[T]) -> T:
             return cast(T, done.value)
 
 
-async def run_in_slices(steps: Steps[T], slice_s: float = 0.02) -> T:
+async def run_in_slices(steps: Steps[T], slice_s: float = 0.005) -> T:
     """Run the steps, giving the event loop a turn at least every slice_s seconds (one step may
     take longer: a cold disk)."""
     loop = asyncio.get_running_loop()
