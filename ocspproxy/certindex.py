@@ -17,7 +17,6 @@ object: ``issuers``, a list of ``[SHA-1 key hash, SHA-1 name hash]`` in hex, and
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from ocspproxy.sealed import seal, unseal
 from ocspproxy.store import Stamp
 from ocspproxy.store.files import INDEX_NAME, read_state_file, write_atomically
 
@@ -118,22 +118,14 @@ class CertIndex:
             rows.append([path, *stamp, f.serial, issuer, f.url, f.subject])
         table = [[k.hex(), n.hex()] for k, n in issuers]
         body = json.dumps({"issuers": table, "files": rows}, separators=(",", ":")).encode()
-        return b"%s %d %s\n" % (_MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode()) + body
+        return seal(_MAGIC, VERSION, body)
 
     @classmethod
     def decode(cls, data: bytes) -> CertIndex:
         """Raises ValueError when data is not a usable index."""
-        end = data.find(b"\n", 0, 200)
-        fields = data[:end].split(b" ") if end > 0 else []
-        if len(fields) != 3 or fields[0] != _MAGIC:
-            raise BadIndex("not a certificate index")
-        if fields[1] != b"%d" % VERSION:
-            raise BadIndex(f"version {fields[1].decode(errors='replace')}, not {VERSION}")
-        body = memoryview(data)[end + 1 :]
-        if hashlib.sha256(body).hexdigest().encode() != fields[2]:
-            raise BadIndex("checksum mismatch: damaged or truncated")
+        start = unseal(data, _MAGIC, VERSION, BadIndex, "certificate index")
         try:
-            content = json.loads(bytes(body))
+            content = json.loads(data[start:])
             issuers = [(bytes.fromhex(k), bytes.fromhex(n)) for k, n in content["issuers"]]
             rows = {row[0]: row for row in content["files"] if type(row) is list and len(row) == 9}
         except (TypeError, ValueError, KeyError, IndexError) as exc:  # json's errors are ValueErrors

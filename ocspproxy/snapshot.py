@@ -13,12 +13,12 @@ records (``_RECORD`` followed by the issuer key hash, the serial and the DER). N
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey
+from ocspproxy.sealed import seal, unseal
 from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.store import Stamp
 
@@ -62,7 +62,7 @@ def encode(entries: Iterable[tuple[Stamp, Staple]]) -> bytes:
         )
         parts += (key.issuer_key_hash, serial, staple.der)
     body = b"".join(parts)
-    return b"%s %d %s\n" % (_MAGIC, VERSION, hashlib.sha256(body).hexdigest().encode()) + body
+    return seal(_MAGIC, VERSION, body)
 
 
 class Snapshot:
@@ -131,15 +131,7 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
 def _records(data: bytes) -> dict[CertKey, int]:
     """Where each key's record starts, after the header and checksum are checked; the records are
     walked to the end, so a truncated one is found now. Raises SnapshotError."""
-    end = data.find(b"\n", 0, 200)
-    fields = data[:end].split(b" ") if end > 0 else []
-    if len(fields) != 3 or fields[0] != _MAGIC:
-        raise SnapshotError("not a staples snapshot")
-    if fields[1] != b"%d" % VERSION:
-        raise SnapshotError(f"version {fields[1].decode(errors='replace')}, not {VERSION}")
-    start = end + 1
-    if hashlib.sha256(memoryview(data)[start:]).hexdigest().encode() != fields[2]:
-        raise SnapshotError("checksum mismatch: damaged or truncated")
+    start = unseal(data, _MAGIC, VERSION, SnapshotError, "staples snapshot")
     out: dict[CertKey, int] = {}
     key_hashes: dict[bytes, bytes] = {}  # one object per issuer, not one per staple
     pos, size, unpack, record = start, len(data), _RECORD.unpack_from, _RECORD.size
