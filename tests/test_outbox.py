@@ -5,8 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Iterator
+
+import pytest
 
 from ocspproxy.outbox import Outbox
+
+Pair = tuple[socket.socket, socket.socket]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """Our end (non-blocking, for the outbox) and theirs of a SOCK_SEQPACKET pair; closed after."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
 
 
 async def _drain(sock: socket.socket, n: int) -> list[tuple[bytes, list[int]]]:
@@ -32,9 +47,8 @@ def _writers_closed(r: int) -> bool:
         return False
 
 
-async def test_messages_arrive_in_order_through_a_full_socket() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
+async def test_messages_arrive_in_order_through_a_full_socket(pair: Pair) -> None:
+    ours, theirs = pair
     theirs.setblocking(False)
     errors: list[bool] = []
     outbox = Outbox(ours, on_error=lambda: errors.append(True))
@@ -55,13 +69,10 @@ async def test_messages_arrive_in_order_through_a_full_socket() -> None:
     assert _writers_closed(r)  # the sender's copy was closed once sent
     assert not errors
     os.close(r)
-    ours.close()
-    theirs.close()
 
 
-async def test_close_drops_waiting_messages_and_their_descriptors() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
+async def test_close_drops_waiting_messages_and_their_descriptors(pair: Pair) -> None:
+    ours, _ = pair
     outbox = Outbox(ours, on_error=lambda: None)
     while True:  # fill the socket so that what follows has to wait
         try:
@@ -76,15 +87,11 @@ async def test_close_drops_waiting_messages_and_their_descriptors() -> None:
     assert _writers_closed(r) and _writers_closed(r2)
     os.close(r)
     os.close(r2)
-    ours.close()
-    theirs.close()
 
 
-async def test_a_send_error_is_reported() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
+async def test_a_send_error_is_reported(pair: Pair) -> None:
+    ours, theirs = pair
     theirs.close()
     errors: list[bool] = []
     Outbox(ours, on_error=lambda: errors.append(True)).put(b"to nobody")
     assert errors == [True]
-    ours.close()

@@ -58,8 +58,10 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate.open()
 
 
-async def filled(proxy: Proxy, ca: TestCA, serials: list[int]) -> dict[int, bytes]:
-    """Start, let it fetch and store every staple, note what it serves, stop."""
+async def filled(proxy: Proxy, ca: TestCA, serials: list[int], gate: Gate) -> dict[int, bytes]:
+    """Start (the gate open), let it fetch and store every staple, note what it serves, stop; the
+    gate is closed again for the next start."""
+    gate.open()
     await proxy.start()
     assert proxy.daemon is not None
     staples = proxy.daemon.staples
@@ -70,6 +72,7 @@ async def filled(proxy: Proxy, ca: TestCA, serials: list[int]) -> dict[int, byte
     )
     served = {s: (await proxy.post(ca.request(s))).body for s in serials}
     await proxy.stop()
+    gate.opened.clear()
     return served
 
 
@@ -78,9 +81,7 @@ async def test_stored_staples_are_served_before_the_certificate_files_are_read(
 ) -> None:
     leaves = [ca.leaf(f"site{i}") for i in range(3)]
     proxy: Proxy = make_proxy(ca=ca, leaves=leaves, state_dir=tmp_path / "state")
-    gate.open()
-    served = await filled(proxy, ca, [leaf.serial for leaf in leaves])
-    gate.opened.clear()
+    served = await filled(proxy, ca, [leaf.serial for leaf in leaves], gate)
     fetched = list(upstream.requests)
 
     await proxy.start(loaded=False)
@@ -104,9 +105,7 @@ async def test_a_forged_snapshot_entry_is_never_served_and_its_file_is_loaded(
     leaf = ca.leaf("site")
     state = tmp_path / "state"
     proxy: Proxy = make_proxy(ca=ca, leaves=[leaf], state_dir=state, answer_budget=5.0)
-    gate.open()
-    good = (await filled(proxy, ca, [leaf.serial]))[leaf.serial]
-    gate.opened.clear()
+    good = (await filled(proxy, ca, [leaf.serial], gate))[leaf.serial]
     # The snapshot, not the file, now holds a staple signed by a look-alike CA.
     entries = decode((state / SNAPSHOT_NAME).read_bytes())
     ((stamp, staple),) = entries.values()
@@ -147,9 +146,7 @@ async def test_an_issuer_known_only_from_certificate_files_is_proven_before_list
         (certs / f"site{i}.pem").write_bytes(pem(leaf.cert, ca.cert))
     proxy: Proxy = make_proxy(ca=ca, leaves=[], state_dir=tmp_path / "state")
     proxy.config = dataclasses.replace(proxy.config, certs=(str(certs / "*.pem"),), issuers=())
-    gate.open()
-    served = await filled(proxy, ca, [leaf.serial for leaf in leaves])
-    gate.opened.clear()
+    served = await filled(proxy, ca, [leaf.serial for leaf in leaves], gate)
     fetched = list(upstream.requests)
 
     await proxy.start(loaded=False)
@@ -164,9 +161,7 @@ async def test_an_issuer_not_known_yet_waits_for_the_full_load_before_unauthoriz
 ) -> None:
     leaf = ca.leaf("site")
     proxy: Proxy = make_proxy(ca=ca, leaves=[leaf], state_dir=tmp_path / "state", answer_budget=5.0)
-    gate.open()
-    await filled(proxy, ca, [leaf.serial])
-    gate.opened.clear()
+    await filled(proxy, ca, [leaf.serial], gate)
 
     await proxy.start(loaded=False)
     assert proxy.daemon is not None
@@ -186,9 +181,7 @@ async def test_a_configured_certificate_without_a_stored_staple_is_fetched_after
 ) -> None:
     kept, new = ca.leaf("kept"), ca.leaf("new")
     state = tmp_path / "state"
-    gate.open()
-    await filled(make_proxy(ca=ca, leaves=[kept], state_dir=state), ca, [kept.serial])
-    gate.opened.clear()
+    await filled(make_proxy(ca=ca, leaves=[kept], state_dir=state), ca, [kept.serial], gate)
 
     proxy: Proxy = make_proxy(ca=ca, leaves=[kept, new], state_dir=state, answer_budget=5.0)
     await proxy.start(loaded=False)
@@ -217,9 +210,7 @@ async def test_a_staple_file_replaced_since_the_snapshot_is_served_from_the_file
     leaf = ca.leaf("site")
     state = tmp_path / "state"
     proxy: Proxy = make_proxy(ca=ca, leaves=[leaf], state_dir=state)
-    gate.open()
-    old = (await filled(proxy, ca, [leaf.serial]))[leaf.serial]
-    gate.opened.clear()
+    old = (await filled(proxy, ca, [leaf.serial], gate))[leaf.serial]
     # Carried in by hand (the air-gapped way), written over the file in place: the snapshot
     # still holds the old staple, the file a revoked one.
     revoked = ca.respond(leaf.serial, status="revoked")
@@ -242,9 +233,7 @@ async def test_without_a_usable_snapshot_stored_staples_are_read_from_their_file
     leaves = [ca.leaf(f"site{i}") for i in range(2)]
     state = tmp_path / "state"
     proxy: Proxy = make_proxy(ca=ca, leaves=leaves, state_dir=state)
-    gate.open()
-    served = await filled(proxy, ca, [leaf.serial for leaf in leaves])
-    gate.opened.clear()
+    served = await filled(proxy, ca, [leaf.serial for leaf in leaves], gate)
     if snapshot == "missing":
         (state / SNAPSHOT_NAME).unlink()
     else:
@@ -263,9 +252,7 @@ async def test_a_stored_staple_past_next_update_is_not_served_at_start_up(
     leaf = ca.leaf("site")
     state = tmp_path / "state"
     proxy: Proxy = make_proxy(ca=ca, leaves=[leaf], state_dir=state, answer_budget=5.0)
-    gate.open()
-    await filled(proxy, ca, [leaf.serial])
-    gate.opened.clear()
+    await filled(proxy, ca, [leaf.serial], gate)
     (path,) = state.glob("*.der")
     expired = ca.respond(leaf.serial, this_update=now() - dt.timedelta(hours=3))  # valid for 1 h
     path.write_bytes(expired)
