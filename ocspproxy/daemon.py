@@ -80,13 +80,10 @@ def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
     Raises ConfigError when Apache's configuration cannot be read at all.
     """
     sources, apache_files = certificate_sources(config)
-    return _build_inventory(config, sources, read_index(config.state_dir)), apache_files
-
-
-def _build_inventory(config: Config, sources: list[CertSource], index: CertIndex) -> Inventory:
+    index = read_index(config.state_dir)
     inventory = run_steps(_inventory_steps(config, sources, index))
     write_index(config.state_dir, index)
-    return inventory
+    return inventory, apache_files
 
 
 def _inventory_steps(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:

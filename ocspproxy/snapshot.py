@@ -66,7 +66,7 @@ def encode(entries: Iterable[tuple[Stamp, Staple]]) -> bytes:
 
 
 class Snapshot:
-    """A decoded snapshot's keys; each entry is built when asked for (``entry``), so that start-up
+    """A decoded snapshot's keys; each entry is built when asked for (``stamp``, ``staple``), so that start-up
     makes the long-lived staple objects only once the certificate pass has freed its own (made
     earlier, they leave tens of megabytes of holes behind that pass's garbage)."""
 
@@ -88,8 +88,8 @@ class Snapshot:
         at = self._at.get(key)
         return None if at is None else Stamp._make(_RECORD.unpack_from(self._data, at)[4:8])
 
-    def entry(self, key: CertKey) -> tuple[Stamp, Staple] | None:
-        """key's stamp and staple (unverified), or None when the snapshot has none (or no longer)."""
+    def staple(self, key: CertKey) -> Staple | None:
+        """key's staple (unverified), or None when the snapshot has none (or no longer)."""
         at = self._at.get(key)
         if at is None:
             return None
@@ -97,7 +97,7 @@ class Snapshot:
         status, hash_len, serial_len = rec[1:4]
         this, next_, produced, revoked, der_len = rec[8:]
         start = at + _RECORD.size + hash_len + serial_len
-        return Stamp._make(rec[4:8]), Staple(
+        return Staple(
             key=key,
             der=self._data[start : start + der_len],
             status=_STATUSES[status],
@@ -122,9 +122,9 @@ def decode(data: bytes) -> dict[CertKey, tuple[Stamp, Staple]]:
     snapshot = Snapshot(data)
     out = {}
     for key in snapshot:
-        entry = snapshot.entry(key)
-        assert entry is not None
-        out[key] = entry
+        stamp, staple = snapshot.stamp(key), snapshot.staple(key)
+        assert stamp is not None and staple is not None
+        out[key] = (stamp, staple)
     return out
 
 

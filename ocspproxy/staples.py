@@ -449,8 +449,8 @@ class Staples:
                     counts[1] += 1
                     log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
                     continue
-                entry = self._pending.entry(key) if der is None else None
-                if der is None and entry is None:
+                held = self._pending.staple(key) if der is None else None
+                if der is None and held is None:
                     # Its snapshot entry was taken to answer a request and failed its check: the
                     # file (unchanged, so not read so far) decides.
                     der = self._read_again(key)
@@ -458,8 +458,8 @@ class Staples:
                         counts[1] += 1
                         continue
                 try:
-                    if entry is not None:
-                        staple = entry[1]
+                    if held is not None:
+                        staple = held
                         check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
                         self._from_snapshot += 1
                     else:
@@ -515,10 +515,13 @@ class Staples:
         stamp: Stamp | None = None
         try:
             if isinstance(store, SnapshotStore):
-                was = self._pending.stamp(key)
-                entry = self._pending.entry(key) if was is not None and store.stamp(key) == was else None
-                if entry is not None:
-                    stamp, staple = entry
+                stamp = self._pending.stamp(key)
+                if (
+                    stamp is not None
+                    and store.stamp(key) == stamp
+                    and (held := self._pending.staple(key)) is not None
+                ):
+                    staple = held
                     check_times(staple.this_update, staple.next_update, now=now, skew=self.skew)
                     self._from_snapshot += 1
                     self._stamps[key] = (stamp, staple)
