@@ -156,6 +156,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "margin": ("refresh.margin", _number(0.01, 0.5)),
         "retry_initial": ("refresh.retry_initial", _number(0.1, 3600)),
         "retry_max": ("refresh.retry_max", _number(1, 86400)),
+        "max_interval": ("refresh.max_interval", _number(1, 30 * 86400)),
+        "retry_unservable": ("refresh.retry_unservable", _number(1, 86400)),
     },
     "upstream": {
         "connect_timeout": ("upstream.connect_timeout", _number(0.1, 120)),

@@ -55,16 +55,22 @@ class RefreshPolicy:
 
     A staple is due at ``thisUpdate + fraction * validity`` plus up to ``jitter * validity``, and
     never later than ``1 - margin`` of the way to nextUpdate, so several retries still fit before it
-    expires. Failures back off exponentially (full jitter between half and all of the step), capped
-    at ``retry_max`` and at a quarter of the time left, and never below ``retry_min``. The same rule
-    serves 1-minute test responses and 10-day CA responses.
+    expires. Whatever the validity, the CA is asked again at most ``max_interval`` after the last
+    fetch (less up to ``jitter`` of it), so a revocation reaches the staple within that bound, as
+    with mod_ssl's and HAProxy's hourly fetches. Failures back off exponentially (full jitter
+    between half and all of the step), capped at ``retry_max`` and at a quarter of the time left
+    while a servable staple is held, at ``retry_unservable`` while none is (a CA coming back after a
+    long outage is noticed within about that), and never below ``retry_min``. The same rule serves
+    1-minute test responses and 10-day CA responses.
     """
 
     fraction: float = 0.5
     jitter: float = 0.1
     margin: float = 0.2
+    max_interval: float = 3600.0
     retry_initial: float = 5.0
     retry_max: float = 600.0
+    retry_unservable: float = 60.0
     retry_min: float = 1.0
 
     def due(self, staple: Staple, rng: random.Random) -> datetime:
@@ -75,11 +81,18 @@ class RefreshPolicy:
         latest = staple.this_update + validity * (1 - self.margin)
         return min(due, latest)
 
+    def interval(self, rng: random.Random) -> float:
+        """Seconds from a fetch to the latest next one: ``max_interval`` less up to ``jitter`` of
+        it, so that certificates fetched together drift apart instead of moving as one burst."""
+        return self.max_interval * (1 - self.jitter * rng.random())
+
     def retry_delay(
         self, failures: int, staple: Staple | None, now: datetime, rng: random.Random
     ) -> timedelta:
         step = min(self.retry_max, self.retry_initial * 2 ** max(0, failures - 1))
         if staple is not None and staple.servable(now):
             step = min(step, (staple.next_update - now).total_seconds() / 4)
+        else:
+            step = min(step, self.retry_unservable)
         delay = step * (0.5 + 0.5 * rng.random())
         return timedelta(seconds=max(self.retry_min, delay))

@@ -3,6 +3,12 @@
 A heap holds one due time per key (monotonic seconds, for sleeping). Due times are computed from wall
 time (validity is wall time) and re-checked when they fire: if the staple was refreshed meanwhile (by a
 request), the key is simply rescheduled. No loop walks every certificate.
+
+A key is due at the earlier of its staple's refresh time (``RefreshPolicy.due``) and ``max_interval``
+after its last fetch (``RefreshPolicy.interval``); keys first tracked together (start-up) get that
+latest time spread over one interval, so a restart does not ask the CA about every certificate at
+once. A fetch that fails while the staple is not yet due is tried again at the next of those times;
+once it is due (or nothing servable is held), failures back off (``RefreshPolicy.retry_delay``).
 """
 
 from __future__ import annotations
@@ -40,13 +46,16 @@ class Job:
     issuer_cert: x509.Certificate
     name_hash: bytes
     url: str
+    configured: bool = True  # a certificate of the configuration (not only asked for by a client)
 
 
 @dataclass(slots=True)
 class _Entry:
     seq: int
-    failures: int = 0
+    failures: int = 0  # consecutive fetches the CA did not answer validly
+    retries: int = 0  # consecutive fetches that left the staple due (or none held): the back-off
     due: float = 0.0  # monotonic
+    latest: float = 0.0  # monotonic: fetch again no later than this (max_interval since the last)
 
 
 class Scheduler:
@@ -87,7 +96,8 @@ class Scheduler:
         """Keep key fresh from now on; a key already tracked keeps its schedule."""
         if key in self._entries:
             return
-        self._entries[key] = _Entry(seq=-1)
+        entry = self._entries[key] = _Entry(seq=-1)
+        entry.latest = asyncio.get_running_loop().time() + self._first_interval()
         self._schedule(key, self._delay_from_staple(key) or 0.0)
 
     def track_all(self, keys: Iterable[CertKey]) -> None:
@@ -100,7 +110,8 @@ class Scheduler:
                 if key in self._entries:
                     continue
                 entry = self._entries[key] = _Entry(seq=next(self._seq))
-                entry.due = mono + (self._delay_from_staple(key, now) or 0.0)
+                entry.latest = mono + self._first_interval()
+                entry.due = mono + (self._delay_from_staple(key, now, mono) or 0.0)
                 self._heap.append((entry.due, entry.seq, key))
                 added = True
         if added:
@@ -113,14 +124,28 @@ class Scheduler:
     def tracked(self) -> list[CertKey]:
         return list(self._entries)
 
-    def _delay_from_staple(self, key: CertKey, now: datetime | None = None) -> float | None:
-        """Seconds until the current staple is due, or None when nothing servable is held."""
+    def _first_interval(self) -> float:
+        """Latest first fetch of a newly tracked key whose staple is held: anywhere within one
+        interval, so that 100,000 keys tracked at start-up are not asked about in one burst."""
+        return self.rng.random() * self.policy.max_interval
+
+    def _delay_from_staple(
+        self, key: CertKey, now: datetime | None = None, mono: float | None = None
+    ) -> float | None:
+        """Seconds until the current staple is due (by its validity, or ``max_interval`` since the
+        last fetch), or None when nothing servable is held."""
         if now is None:
             now = self.clock()
         staple = self.staples.held_until(key, now)
         if staple is None:
             return None
-        return max(0.0, (self.policy.due(staple, self.rng) - now).total_seconds())
+        by_validity = (self.policy.due(staple, self.rng) - now).total_seconds()
+        entry = self._entries.get(key)
+        if entry is not None:
+            if mono is None:
+                mono = asyncio.get_running_loop().time()
+            by_validity = min(by_validity, entry.latest - mono)
+        return max(0.0, by_validity)
 
     def due_now(self, key: CertKey) -> None:
         """Fetch key soon: the staple it was scheduled by turned out unusable."""
@@ -146,7 +171,7 @@ class Scheduler:
         log.warning("wall clock jumped; rescheduling refreshes", seconds=round(offset - previous, 1))
         self._heap = []
         for key, entry in self._entries.items():
-            if entry.failures:
+            if entry.retries:
                 delay = max(0.0, entry.due - now_mono)
             else:
                 delay = self._delay_from_staple(key) or 0.0
@@ -211,14 +236,23 @@ class Scheduler:
             self.untrack(key)
             return
         outcome = await self.staples.refresh(
-            key, issuer_cert=job.issuer_cert, name_hash=job.name_hash, url=job.url
+            key,
+            issuer_cert=job.issuer_cert,
+            name_hash=job.name_hash,
+            url=job.url,
+            configured=job.configured,
         )
+        answered = outcome.result not in (FetchResult.FAILED, FetchResult.REJECTED)
+        entry.failures = 0 if answered else entry.failures + 1
+        entry.latest = asyncio.get_running_loop().time() + self.policy.interval(self.rng)
         delay = self._delay_from_staple(key)
-        if outcome.result in (FetchResult.STORED, FetchResult.REVOKED) and delay is not None and delay > 0:
-            entry.failures = 0
+        if delay is not None and delay > 0:
+            # The staple is not due yet (a max_interval check, or a newer staple stored): next
+            # time as usual, whether or not the CA answered this once.
+            entry.retries = 0
             self._schedule(key, delay)
             return
-        # Failed, rejected, or the CA still hands out the response we hold: back off.
-        entry.failures += 1
-        retry = self.policy.retry_delay(entry.failures, self.staples.servable(key), self.clock(), self.rng)
+        # Due, or nothing servable: the CA failed, or still hands out the response we hold.
+        entry.retries += 1
+        retry = self.policy.retry_delay(entry.retries, self.staples.servable(key), self.clock(), self.rng)
         self._schedule(key, retry.total_seconds())

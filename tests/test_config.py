@@ -31,6 +31,13 @@ def test_example_config_is_complete_and_valid() -> None:
     assert isinstance(config, Config)
 
 
+def test_refresh_bounds_have_hourly_and_minute_defaults(tmp_path: Path) -> None:
+    assert load_config(None).refresh.max_interval == 3600.0
+    assert load_config(None).refresh.retry_unservable == 60.0
+    config = load_config(write(tmp_path, "[refresh]\nmax_interval = 900\nretry_unservable = 20\n"))
+    assert (config.refresh.max_interval, config.refresh.retry_unservable) == (900.0, 20.0)
+
+
 def test_values_and_relative_paths(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -78,6 +85,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("listen = ", "--config"),
         ("[server]\nworkers = 0", "server.workers"),
         ("[server]\nworkers = 2.5", "server.workers"),
+        ("[refresh]\nmax_interval = 0", "refresh.max_interval"),
+        ("[refresh]\nretry_unservable = 0", "refresh.retry_unservable"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:

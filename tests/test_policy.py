@@ -86,12 +86,20 @@ POLICY = RefreshPolicy()
 
 
 @pytest.mark.parametrize("validity", [timedelta(minutes=1), timedelta(hours=1), timedelta(days=10)])
-def test_due_lies_between_fraction_and_margin(validity: timedelta) -> None:
+def test_due_lies_between_fraction_and_fraction_plus_jitter(validity: timedelta) -> None:
     rng = random.Random(1)
     s = staple(validity=validity)
     dues = [POLICY.due(s, rng) for _ in range(200)]
-    assert all(T0 + validity * 0.5 <= d <= T0 + validity * 0.8 for d in dues)
+    assert all(T0 + validity * 0.5 <= d <= T0 + validity * 0.6 for d in dues)
     assert len(set(dues)) > 100, "jitter spreads refreshes"
+    assert min(dues) < T0 + validity * 0.51 and max(dues) > T0 + validity * 0.59, "over the whole jitter"
+
+
+def test_due_never_later_than_the_margin() -> None:
+    late = RefreshPolicy(fraction=0.6, jitter=0.3, margin=0.2)  # would reach 0.9 without the cap
+    s = staple(validity=timedelta(hours=10))
+    dues = [late.due(s, random.Random(n)) for n in range(100)]
+    assert max(dues) == T0 + timedelta(hours=8)
 
 
 @pytest.mark.parametrize("validity", [timedelta(minutes=1), timedelta(hours=1), timedelta(days=10)])
@@ -111,9 +119,34 @@ def test_outage_gets_several_attempts_before_expiry_without_hammering(validity: 
         assert attempts < 1000
 
 
-def test_retry_without_staple_backs_off_to_the_cap() -> None:
+def test_retry_backs_off_exponentially_to_the_cap() -> None:
+    """With a staple far from expiry: each step doubles (jitter takes half to all of it)."""
     rng = random.Random(3)
-    delays = [POLICY.retry_delay(n, None, T0, rng).total_seconds() for n in range(1, 20)]
-    assert delays[0] <= POLICY.retry_initial
-    assert max(delays) <= POLICY.retry_max
+    s = staple(validity=timedelta(days=10))
+    delays = [POLICY.retry_delay(n, s, T0, rng).total_seconds() for n in range(1, 20)]
+    for n, delay in enumerate(delays, 1):
+        step = min(POLICY.retry_max, POLICY.retry_initial * 2 ** (n - 1))
+        assert step / 2 <= delay <= step, (n, delay)
     assert delays[-1] >= POLICY.retry_max / 2
+
+
+def test_retry_without_servable_staple_stays_short() -> None:
+    """Nothing servable held (never fetched, or expired in a long outage): retries stay within
+    retry_unservable, so a CA that comes back is noticed within about a minute."""
+    rng = random.Random(3)
+    expired = staple(validity=timedelta(hours=1))
+    for held in (None, expired):
+        delays = [
+            POLICY.retry_delay(n, held, T0 + timedelta(hours=2), rng).total_seconds() for n in range(1, 40)
+        ]
+        assert delays[0] <= POLICY.retry_initial
+        assert max(delays) <= POLICY.retry_unservable == 60.0
+        assert min(delays[6:]) >= POLICY.retry_unservable / 2, "bounded, yet not hammering"
+
+
+def test_interval_is_at_most_max_interval_and_spread() -> None:
+    rng = random.Random(4)
+    intervals = [POLICY.interval(rng) for _ in range(200)]
+    assert POLICY.max_interval == 3600.0
+    assert all(3600.0 * 0.9 <= i <= 3600.0 for i in intervals)
+    assert max(intervals) - min(intervals) > 300, "jitter spreads them"

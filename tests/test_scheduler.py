@@ -28,12 +28,16 @@ class WallClock:
 
 
 class FakeStaples:
-    """Stands in for Staples: every refresh yields a fresh one-hour staple at the wall clock's now."""
+    """Stands in for Staples: every refresh yields a fresh staple (one hour unless told otherwise) at
+    the wall clock's now; with ``failing`` set, every refresh fails and nothing changes."""
 
-    def __init__(self, clock: WallClock) -> None:
+    def __init__(self, clock: WallClock, validity: timedelta = VALIDITY) -> None:
         self.clock = clock
+        self.validity = validity
+        self.failing = False
         self.held: dict[CertKey, Staple] = {}
         self.fetches: list[tuple[CertKey, datetime]] = []
+        self.fetched_at: list[float] = []  # loop time of each fetch
 
     def servable(self, key: CertKey) -> Staple | None:
         staple = self.held.get(key)
@@ -52,29 +56,34 @@ class FakeStaples:
             der=this_update.isoformat().encode(),
             status=CertStatus.GOOD,
             this_update=this_update,
-            next_update=this_update + VALIDITY,
+            next_update=this_update + self.validity,
             produced_at=this_update,
         )
 
     def refresh(self, key: CertKey, **_: object) -> asyncio.Task[Refreshed]:
         async def fetch() -> Refreshed:
             self.fetches.append((key, self.clock()))
+            self.fetched_at.append(asyncio.get_running_loop().time())
+            if self.failing:
+                return Refreshed(FetchResult.FAILED, "CA down", self.servable(key))
             self.hold(key, self.clock())
             return Refreshed(FetchResult.STORED, "newer", self.held[key])
 
         return asyncio.create_task(fetch())
 
 
-def make(n: int) -> tuple[Scheduler, FakeStaples, WallClock, list[CertKey]]:
+def make(
+    n: int, *, validity: timedelta = VALIDITY, policy: RefreshPolicy | None = None
+) -> tuple[Scheduler, FakeStaples, WallClock, list[CertKey]]:
     clock = WallClock()
-    staples = FakeStaples(clock)
+    staples = FakeStaples(clock, validity)
     keys = [CA.cert_id(serial).key for serial in range(1, n + 1)]
     for key in keys:
         staples.hold(key, clock())
     scheduler = Scheduler(
         staples=cast(Staples, staples),
         resolve=lambda key: Job(issuer_cert=CA.cert, name_hash=b"", url="http://ca.test/"),
-        policy=RefreshPolicy(),
+        policy=policy or RefreshPolicy(),
         clock=clock,
         rng=random.Random(5),
         max_sleep=0.05,
@@ -147,3 +156,65 @@ async def test_backward_jump_does_not_stall_refresh() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert sorted(k for k, _ in staples.fetches) == sorted(keys)
+
+
+async def test_long_validity_is_asked_again_within_max_interval() -> None:
+    """7-day responses: ½ validity would mean 3.5 days without asking the CA (a revocation would
+    take that long to arrive). max_interval bounds it; first fetches after start-up are spread."""
+    policy = RefreshPolicy(max_interval=0.5)
+    scheduler, staples, _, keys = make(40, validity=timedelta(days=7), policy=policy)
+    start = asyncio.get_running_loop().time()
+    scheduler.track_all(keys)
+    await run_for(scheduler, 1.3)
+    counts = {key: sum(1 for k, _ in staples.fetches if k == key) for key in keys}
+    assert all(2 <= n <= 3 for n in counts.values()), counts
+    first = sorted(at - start for at in staples.fetched_at)[: len(keys)]
+    assert max(first) - min(first) > 0.25, "the first round is spread over the interval, not a burst"
+
+
+async def test_failure_before_due_waits_for_the_next_interval_not_a_backoff() -> None:
+    """A max_interval check that fails while the staple has days left: asked again at the next
+    interval, not retried every few seconds against a CA that is down."""
+    policy = RefreshPolicy(max_interval=100.0, retry_initial=1.0, retry_max=50.0)
+    scheduler, staples, _, keys = make(1, validity=timedelta(days=7), policy=policy)
+    scheduler.track(keys[0])
+    staples.failing = True
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        scheduler._entries[keys[0]].latest = loop.time()  # max_interval since the last fetch is up
+        await scheduler._refresh(keys[0])
+        assert staples.fetches, "fetched"
+        delay = scheduler._entries[keys[0]].due - loop.time()
+        assert 90.0 - 0.1 <= delay <= 100.0, delay
+    assert len(staples.fetches) == 3
+
+
+async def test_due_and_failing_backs_off_exponentially() -> None:
+    policy = RefreshPolicy(retry_initial=1.0, retry_max=64.0)
+    scheduler, staples, clock, keys = make(1, validity=timedelta(days=10), policy=policy)
+    staples.hold(keys[0], clock() - timedelta(days=6))  # due at 5 days: due now, 4 days left
+    scheduler.track(keys[0])
+    staples.failing = True
+    loop = asyncio.get_running_loop()
+    for n in range(1, 10):
+        await scheduler._refresh(keys[0])
+        delay = scheduler._entries[keys[0]].due - loop.time()
+        step = min(64.0, 2.0 ** (n - 1))
+        assert step / 2 - 0.01 <= delay <= step, (n, delay)
+
+
+async def test_nothing_servable_retries_stay_within_retry_unservable() -> None:
+    """A long outage: the staple has expired. Retries keep coming at most retry_unservable apart
+    (not retry_max), so the CA's return is noticed within about that."""
+    policy = RefreshPolicy(retry_initial=1.0, retry_max=600.0, retry_unservable=60.0)
+    scheduler, staples, clock, keys = make(1, policy=policy)
+    clock.now += timedelta(hours=2)  # the one-hour staple has expired
+    scheduler.track(keys[0])
+    staples.failing = True
+    loop = asyncio.get_running_loop()
+    delays = []
+    for _ in range(15):
+        await scheduler._refresh(keys[0])
+        delays.append(scheduler._entries[keys[0]].due - loop.time())
+    assert max(delays) <= 60.0
+    assert min(delays[7:]) >= 30.0 - 0.01, "bounded below too: no hammering"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.behaviour: Behaviour = lambda serial: Reply(status=500)
         self.requests: list[int] = []
+        self.times: list[float] = []  # monotonic arrival of each request
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -44,6 +46,7 @@ class FakeUpstream:
         except ValueError:
             return web.Response(status=400)
         self.requests.append(serial)
+        self.times.append(time.monotonic())
         reply = self.behaviour(serial)
         if not isinstance(reply, Reply):
             reply = await reply
