@@ -28,7 +28,7 @@ from ocspproxy.ocsp import CertKey
 from ocspproxy.responder import Responder
 from ocspproxy.scheduler import Job, Scheduler
 from ocspproxy.server import Edge, GuardedServer, Limits
-from ocspproxy.staple import Staple
+from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.staples import Staples
 from ocspproxy.steps import Steps, run_in_slices, run_steps
 from ocspproxy.store import FileStore
@@ -200,7 +200,12 @@ class Daemon:
         url = self.inventory.upstream_for(key, issuer)
         if url is None:
             return None
-        return Job(issuer_cert=issuer.cert, name_hash=issuer.name_hashes[key.alg], url=url)
+        return Job(
+            issuer_cert=issuer.cert,
+            name_hash=issuer.name_hashes[key.alg],
+            url=url,
+            configured=key in self.inventory.targets,
+        )
 
     def _report(self, inventory: Inventory) -> None:
         for problem in inventory.problems:
@@ -315,6 +320,7 @@ class Daemon:
                 self.pool.issuers(self._issuer_rows())
             loaded, skipped = await run_in_slices(self.staples.load_steps())
             log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(config.state_dir))
+            self._alert_revoked(inventory)
             self._watch_snapshot = self._first_snapshot()
         self.loaded.set()
         self._tasks += [
@@ -322,6 +328,22 @@ class Daemon:
             asyncio.create_task(self._watch()),
             asyncio.create_task(self.staples.verify_stored()),
         ]
+
+    def _alert_revoked(self, inventory: Inventory) -> None:
+        """A stored revoked staple of a configured certificate: the same line as when it was fetched,
+        once per start, so a restart does not hide that Apache serves a revoked certificate."""
+        with self.staples.batch():
+            for key, target in inventory.targets.items():
+                staple = self.staples.held_until(key)
+                if staple is not None and staple.status is CertStatus.REVOKED:
+                    log.critical(
+                        "certificate revoked",
+                        serial=f"{key.serial:x}",
+                        path=target.path,
+                        subject=target.subject,
+                        revoked_at=staple.revocation_time.isoformat() if staple.revocation_time else None,
+                        stored=True,
+                    )
 
     def _load_done(self, task: asyncio.Task[None]) -> None:
         """The service is useless without its certificates: a load that failed stops it (exit 1)."""

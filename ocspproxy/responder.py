@@ -114,6 +114,7 @@ class Responder:
             name_hash=cert_id.issuer_name_hash,
             url=url,
             keep_unknown=configured,
+            configured=key in inv.targets,
         )
         task.add_done_callback(lambda t: self._join(key, t))
         try:

@@ -40,7 +40,7 @@ _EXPIRED_GRACE = timedelta(hours=1)
 
 class FetchResult(StrEnum):
     STORED = "stored"
-    REVOKED = "revoked"  # stored; a good certificate turned revoked
+    REVOKED = "revoked"  # stored, and alerted: a certificate turned (or was found) revoked
     SAME = "same"
     KEPT = "kept"  # valid, but the policy kept the stored staple
     REJECTED = "rejected"  # invalid response
@@ -255,21 +255,31 @@ class Staples:
         name_hash: bytes,
         url: str,
         keep_unknown: bool = True,
+        configured: bool = False,
     ) -> asyncio.Task[Refreshed]:
         """Start (or join) the single upstream fetch for key; the task outlives any one waiter.
 
         With keep_unknown false, an ``unknown`` answer is handed back but neither stored nor held:
-        a scanner asking for random serials must not fill the disk or memory.
+        a scanner asking for random serials must not fill the disk or memory. A revoked staple
+        stored for a configured certificate is logged at level critical, whatever was held before.
         """
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._refresh(key, issuer_cert, name_hash, url, keep_unknown))
+            task = asyncio.create_task(
+                self._refresh(key, issuer_cert, name_hash, url, keep_unknown, configured)
+            )
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return task
 
     async def _refresh(
-        self, key: CertKey, issuer_cert: x509.Certificate, name_hash: bytes, url: str, keep_unknown: bool
+        self,
+        key: CertKey,
+        issuer_cert: x509.Certificate,
+        name_hash: bytes,
+        url: str,
+        keep_unknown: bool,
+        configured: bool,
     ) -> Refreshed:
         started = time.monotonic()
         fields: dict[str, object] = {"url": url, "serial": f"{key.serial:x}", "alg": key.alg}
@@ -290,7 +300,7 @@ class Staples:
             if candidate.status is CertStatus.UNKNOWN and not keep_unknown:
                 outcome = Refreshed(FetchResult.PASSED, "unknown to the CA; handed on, not kept", candidate)
             else:
-                outcome = await self._accept(candidate)
+                outcome = await self._accept(candidate, configured=configured)
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         if outcome.result in (FetchResult.FAILED, FetchResult.REJECTED):
             self._failing[key] = outcome.reason
@@ -300,23 +310,32 @@ class Staples:
             log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
         return outcome
 
-    async def _accept(self, candidate: Staple) -> Refreshed:
+    async def _accept(self, candidate: Staple, *, configured: bool = False) -> Refreshed:
         now = self.clock()
-        decision = accept(self.current(candidate.key), candidate, now)
+        current = self.current(candidate.key)
+        decision = accept(current, candidate, now)
         if not decision.stores:
             result = FetchResult.SAME if decision.verdict is Verdict.SAME else FetchResult.KEPT
             return Refreshed(result, decision.reason, self.servable(candidate.key))
-        if decision.verdict is Verdict.ALERT:
+        # good -> revoked always; for a configured certificate also a first (or after unknown, or
+        # after an expired one) revoked answer: Apache is serving a revoked certificate.
+        alert = decision.verdict is Verdict.ALERT or (
+            configured
+            and candidate.status is CertStatus.REVOKED
+            and (current is None or current.status is not CertStatus.REVOKED)
+        )
+        if alert:
             log.critical(
                 "certificate revoked",
                 serial=f"{candidate.key.serial:x}",
                 revoked_at=candidate.revocation_time.isoformat() if candidate.revocation_time else None,
+                before=str(current.status) if current is not None else None,
             )
         # On disk first, then served: a staple ever served survives a crash (a revoked one is not
         # followed by the older good one after a restart). A failing store does not stop serving it.
         await self._save(candidate)
         self.put(candidate)
-        result = FetchResult.REVOKED if decision.verdict is Verdict.ALERT else FetchResult.STORED
+        result = FetchResult.REVOKED if alert else FetchResult.STORED
         return Refreshed(result, decision.reason, candidate)
 
     async def _save(self, staple: Staple, *, pending: bool = False) -> bool:
