@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import itertools
+import json
 from pathlib import Path
+
+import pytest
 
 from ocspproxy.config import load_config
 from ocspproxy.policy import RefreshPolicy
@@ -45,6 +49,10 @@ async def test_failing_ca_is_retried_with_backoff(ca: TestCA, upstream: FakeUpst
     await asyncio.sleep(3)
     # 0.1-0.2, 0.2-0.4, 0.4-0.8, then at most one per 0.5-1.0 s: never a storm.
     assert 3 <= len(upstream.requests) <= 8
+    gaps = [b - a for a, b in itertools.pairwise(upstream.times)]
+    # Exponential: the fourth wait (0.5-1.0 s) is longer than twice the first (0.1-0.2 s); a
+    # constant step (half to all of it, whatever it is) never is.
+    assert gaps[3] > 2 * gaps[0], gaps
     upstream.behaviour = lambda serial: Reply(ca.respond(serial))
     key = ca.cert_id(leaf.serial).key
     await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=3)
@@ -162,3 +170,88 @@ async def test_a_certificate_behind_a_symbolic_link_is_watched_where_it_lives(
     (archive / "site1.pem").write_bytes(pem(renewed.cert))  # in place, behind the link
     key = ca.cert_id(renewed.serial).key
     await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+
+
+def _lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+async def test_revocation_of_a_long_lived_staple_arrives_within_max_interval(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """7-day responses, refreshed at ½ validity, would keep a revoked certificate stapled good for
+    3.5 days. max_interval asks the CA again within its bound, and the revocation is shouted."""
+    status = {"now": "good"}
+    upstream.behaviour = lambda serial: Reply(
+        ca.respond(
+            serial, status=status["now"], this_update=dt.datetime.now(dt.UTC), validity=dt.timedelta(days=7)
+        )
+    )
+    leaf = ca.leaf()
+    key = ca.cert_id(leaf.serial).key
+    policy = RefreshPolicy(max_interval=1.0, retry_initial=0.2, retry_max=2.0, retry_min=0.1)
+    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    status["now"] = "revoked"
+    revoked_at = asyncio.get_running_loop().time()
+
+    def revoked() -> bool:
+        staple = proxy.daemon.staples.servable(key)
+        return staple is not None and staple.status == "revoked"
+
+    await eventually(revoked, timeout=3)
+    assert asyncio.get_running_loop().time() - revoked_at <= 1.0 + 0.5
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "REVOKED"
+    critical = [r for r in _lines(capsys.readouterr().err) if r.get("level") == "critical"]
+    assert [r["event"] for r in critical] == ["certificate revoked"]
+
+
+async def test_first_fetch_revoked_for_a_configured_certificate_is_critical(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial, status="revoked"))
+    leaf = ca.leaf()
+    key = ca.cert_id(leaf.serial).key
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    lines = _lines(capsys.readouterr().err)
+    critical = [r for r in lines if r.get("level") == "critical"]
+    assert len(critical) == 1 and critical[0]["event"] == "certificate revoked"
+    assert critical[0]["serial"] == f"{leaf.serial:x}"
+    # After a restart the stored revoked staple is named again, once.
+    await proxy.restart()
+    again = [r for r in _lines(capsys.readouterr().err) if r.get("level") == "critical"]
+    assert len(again) == 1 and again[0]["event"] == "certificate revoked" and again[0]["stored"] is True
+
+
+async def test_revoked_answer_for_an_unconfigured_certificate_is_not_critical(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
+    await eventually(lambda: proxy.daemon.staples.servable(ca.cert_id(leaf.serial).key) is not None)
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial, status="revoked"))
+    assert (await proxy.post(ca.request(424242))).cert_status == "REVOKED"
+    assert not [r for r in _lines(capsys.readouterr().err) if r.get("level") == "critical"]
+
+
+async def test_returning_ca_is_noticed_soon_after_a_long_outage(
+    ca: TestCA, upstream: FakeUpstream, make_proxy
+) -> None:
+    """The staple expired during the outage: retries stay within retry_unservable rather than
+    backing off to retry_max, so the CA's return is noticed without waiting for a handshake."""
+    upstream.behaviour = lambda serial: Reply(
+        ca.respond(serial, this_update=dt.datetime.now(dt.UTC), validity=dt.timedelta(seconds=1))
+    )
+    leaf = ca.leaf()
+    key = ca.cert_id(leaf.serial).key
+    policy = RefreshPolicy(retry_initial=0.1, retry_max=30.0, retry_unservable=0.5, retry_min=0.05)
+    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    upstream.behaviour = lambda serial: Reply(status=500)
+    await eventually(lambda: proxy.daemon.staples.servable(key) is None, timeout=3)
+    await asyncio.sleep(3)  # a long outage: 30-s steps without the bound
+    upstream.behaviour = lambda serial: Reply(ca.respond(serial, validity=dt.timedelta(hours=1)))
+    back = asyncio.get_running_loop().time()
+    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=3)
+    assert asyncio.get_running_loop().time() - back <= 0.5 + 0.3

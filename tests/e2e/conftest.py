@@ -102,13 +102,19 @@ def new_ca(pki: Pki, base: Path, *, nmin: int | None = None, ndays: int | None =
     return OcspResponder(pki, base / "logs" / "ca.log", nmin=nmin, ndays=ndays)
 
 
-def new_proxy(pki: Pki, base: Path) -> OcspProxy:
+def new_proxy(pki: Pki, base: Path, config: str | None = None) -> OcspProxy:
+    """ocspproxy for both leaves; config: the text of a TOML file to run it with."""
+    config_path = None
+    if config is not None:
+        config_path = base / "ocspproxy.toml"
+        config_path.write_text(config)
     return OcspProxy(
         free_port(),
         base / "proxy-state",
         [pki.good.cert_pem, pki.revoked.cert_pem],
         pki.ca_pem,
         base / "logs" / "ocspproxy.log",
+        config=config_path,
     )
 
 
@@ -173,11 +179,11 @@ def make_stack(e2e_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Factory for a private PKI + CA responder + ocspproxy + Apache (ForceURL → proxy), all started."""
     started: list[ManagedProcess] = []
 
-    def build(*, nmin: int | None = None, ndays: int | None = None) -> Stack:
+    def build(*, nmin: int | None = None, ndays: int | None = None, proxy_config: str | None = None) -> Stack:
         base = tmp_path_factory.mktemp("e2e-stack")
         pki_ = new_pki(base)
         ca_ = new_ca(pki_, base, nmin=nmin, ndays=ndays)
-        proxy_ = new_proxy(pki_, base)
+        proxy_ = new_proxy(pki_, base, proxy_config)
         apache_ = new_apache(pki_, base / "httpd", proxy_.url)
         started.extend((ca_, proxy_, apache_))
         for proc in (ca_, proxy_, apache_):

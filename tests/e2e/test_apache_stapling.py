@@ -9,6 +9,7 @@ works alone (``-k``).  The one-minute-validity test builds its own private stack
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from .peers import (
     OcspText,
     Pki,
     describe,
+    index_line,
     observe,
     poll_staple,
     query_ocsp,
@@ -284,3 +286,46 @@ def test_one_minute_validity_is_refreshed_then_withheld(make_stack: Callable[...
         f"existed\n{history()}"
     )
     assert time.monotonic() - began < 180
+
+
+def test_revocation_reaches_the_handshake_within_the_stated_bound(make_stack: Callable[..., Stack]) -> None:
+    """7-day responses (``-ndays 7``): ½ validity alone would refresh after 3.5 days. With
+    ``max_interval`` the CA is asked again within it, so a revocation at the CA is stapled by Apache
+    within max_interval + Apache's SSLStaplingStandardCacheTimeout (the bound the README states),
+    plus the time to fetch and a handshake's polling interval."""
+    max_interval = 10
+    stack = make_stack(ndays=7, proxy_config=f"[refresh]\nmax_interval = {max_interval}\n")
+    pki, apache = stack.pki, stack.apache
+    port = apache.port_of(pki.good)
+    first = _assert_good(_wait_for_staple(apache, port, pki, "first staple"), pki)
+    assert first.this_update is not None and first.next_update is not None
+    assert first.next_update - first.this_update == dt.timedelta(days=7), first.raw
+
+    # Revoke at the CA: openssl ocsp reads its index again when the file's mtime (in whole
+    # seconds) changes, so move it on explicitly.
+    revoked_at = utcnow()
+    mtime = pki.index_txt.stat().st_mtime
+    pki.index_txt.write_text(
+        index_line(pki.good, revoked_at=revoked_at - dt.timedelta(seconds=1))
+        + index_line(pki.revoked, revoked_at=revoked_at - dt.timedelta(days=1))
+    )
+    os.utime(pki.index_txt, (mtime + 2, mtime + 2))
+    # It looks before waiting for the next connection: the one waiting already gets the old answer.
+    query_ocsp(stack.ca.url, pki.good, pki.ca_cert)
+    assert query_ocsp(stack.ca.url, pki.good, pki.ca_cert).parsed().certificate_status.name == "REVOKED"
+    began = time.monotonic()
+    bound = max_interval + apache.standard_cache_timeout
+    staple = poll_staple(
+        port,
+        pki.ca_pem,
+        lambda s: s is not None and s.cert_status == "revoked",
+        timeout=bound + 10,
+        interval=0.5,
+        what="a revoked staple",
+    )
+    took = time.monotonic() - began
+    assert staple is not None and staple.serial == pki.good.serial_hex, staple
+    assert took <= bound + 5, (
+        f"revoked staple after {took:.1f} s; the bound is {bound} s (+ fetch and polling)"
+    )
+    assert "certificate revoked" in stack.proxy.log_text()
