@@ -68,7 +68,11 @@ class Config:
     # [cache]
     memory_max_entries: int = 1_000_000
     negative_ttl: float = 30.0
-    skew: float = 300.0
+    # thisUpdate may be this far in the future; also what the Apache snippet sets as
+    # SSLStaplingResponseTimeSkew, so nothing is served that mod_ssl would refuse.
+    skew: float = 60.0
+    # A response without nextUpdate is served this long after its thisUpdate.
+    validity_without_next_update: float = 3600.0
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 
@@ -149,6 +153,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "memory_max_entries": ("memory_max_entries", _number(1, 100_000_000, integer=True)),
         "negative_ttl": ("negative_ttl", _number(0, 3600)),
         "skew": ("skew", _number(0, 3600)),
+        "validity_without_next_update": ("validity_without_next_update", _number(60, 7 * 86400)),
     },
     "refresh": {
         "fraction": ("refresh.fraction", _number(0.05, 0.9)),

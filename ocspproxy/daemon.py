@@ -167,6 +167,7 @@ class Daemon:
             fetcher=self.fetcher,
             clock=utcnow,
             skew=timedelta(seconds=config.skew),
+            without_next_update=timedelta(seconds=config.validity_without_next_update),
             negative_ttl=config.negative_ttl,
             memory_max=config.memory_max_entries,
         )

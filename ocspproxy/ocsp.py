@@ -114,11 +114,25 @@ def issuer_name_hash(issuer: x509.Certificate, alg: str) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def issuer_key_hash(issuer: x509.Certificate, alg: str) -> bytes:
-    """Hash of the subjectPublicKey BIT STRING value, as CertID defines it."""
-    spki = issuer.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return _digest(alg, _spki_key_bits(spki))
+    """Hash of the subjectPublicKey BIT STRING value, as CertID defines it. Read from the
+    certificate's own bytes: a key of a type cryptography cannot load (GOST, say) still has one."""
+    return _digest(alg, _spki_key_bits(_certificate_spki(issuer.public_bytes(serialization.Encoding.DER))))
+
+
+def _certificate_spki(cert: bytes) -> bytes:
+    """The SubjectPublicKeyInfo element of a DER certificate (its seventh tbsCertificate field,
+    counting the optional [0] version)."""
+    _, tbs_at, _ = _der_header(cert, 0)
+    _, pos, _ = _der_header(cert, tbs_at)
+    fields = 0
+    while True:
+        tag, start, length = _der_header(cert, pos)
+        if fields == 0 and tag != 0xA0:
+            fields = 1  # no version field
+        if fields == 6:
+            return cert[pos : start + length]
+        fields += 1
+        pos = start + length
 
 
 def _der_header(data: bytes, pos: int) -> tuple[int, int, int]:

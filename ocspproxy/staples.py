@@ -27,7 +27,13 @@ from ocspproxy.staple import CertStatus, Staple
 from ocspproxy.steps import Steps, run_steps
 from ocspproxy.store import SnapshotStore, Stamp, Store, StoreError
 from ocspproxy.upstream import Fetcher, UpstreamError
-from ocspproxy.validate import ExpiredResponse, InvalidResponse, check_times, validate_response
+from ocspproxy.validate import (
+    WITHOUT_NEXT_UPDATE,
+    ExpiredResponse,
+    InvalidResponse,
+    check_times,
+    validate_response,
+)
 
 __all__ = ["Clock", "FetchResult", "Refreshed", "Staples"]
 
@@ -65,11 +71,13 @@ class Staples:
         skew: timedelta,
         negative_ttl: float,
         memory_max: int,
+        without_next_update: timedelta = WITHOUT_NEXT_UPDATE,
     ) -> None:
         self.store = store
         self.fetcher = fetcher
         self.clock = clock
         self.skew = skew
+        self.without_next_update = without_next_update
         self._memory: TLRUCache[CertKey, Staple] = TLRUCache(
             maxsize=memory_max,
             ttu=lambda _k, staple, _now: (staple.next_update + _EXPIRED_GRACE).timestamp(),
@@ -158,7 +166,12 @@ class Staples:
             if issuer is None:
                 raise InvalidResponse("its issuer is no longer configured")
             checked = validate_response(
-                staple.der, key=staple.key, issuer=issuer, now=self.clock(), skew=self.skew
+                staple.der,
+                key=staple.key,
+                issuer=issuer,
+                now=self.clock(),
+                skew=self.skew,
+                without_next_update=self.without_next_update,
             )
         except InvalidResponse as exc:
             log.warning("stored staple invalid; dropped", key=str(staple.key), reason=str(exc))
@@ -285,7 +298,14 @@ class Staples:
         fields: dict[str, object] = {"url": url, "serial": f"{key.serial:x}", "alg": key.alg}
         try:
             der = await self.fetcher.fetch(url, build_request(key, name_hash))
-            candidate = validate_response(der, key=key, issuer=issuer_cert, now=self.clock(), skew=self.skew)
+            candidate = validate_response(
+                der,
+                key=key,
+                issuer=issuer_cert,
+                now=self.clock(),
+                skew=self.skew,
+                without_next_update=self.without_next_update,
+            )
         except UpstreamError as exc:
             outcome = Refreshed(FetchResult.FAILED, str(exc), self.servable(key))
         except InvalidResponse as exc:
@@ -484,7 +504,13 @@ class Staples:
                     else:
                         assert der is not None
                         staple = validate_response(
-                            der, key=key, issuer=issuer, now=now, skew=self.skew, check_signature=False
+                            der,
+                            key=key,
+                            issuer=issuer,
+                            now=now,
+                            skew=self.skew,
+                            without_next_update=self.without_next_update,
+                            check_signature=False,
                         )
                 except ExpiredResponse as exc:
                     counts[1] += 1
@@ -555,7 +581,14 @@ class Staples:
                 der = store.load(key)
             if der is None:
                 return None
-            staple = validate_response(der, key=key, issuer=issuer, now=now, skew=self.skew)
+            staple = validate_response(
+                der,
+                key=key,
+                issuer=issuer,
+                now=now,
+                skew=self.skew,
+                without_next_update=self.without_next_update,
+            )
         except (StoreError, InvalidResponse):
             return None  # the full load reports it (and removes it if expired)
         if stamp is not None:

@@ -1,10 +1,23 @@
 """Validation of an upstream OCSP response before anything else sees it (pure; clock injected).
 
-A response is valid for a CertKey when: its status is successful; one of its SingleResponses names the
-same certificate (same issuer name and key hash under that SingleResponse's hash algorithm, same serial);
-it is signed by the issuer, or by a responder certificate carried in the response that the issuer
-signed directly, that has the id-kp-OCSPSigning EKU and that is valid at thisUpdate; thisUpdate is not
-more than ``skew`` in the future; nextUpdate is present and in the future.
+The yardstick is ``openssl ocsp``: what it verifies as good is accepted, what it refuses is refused
+(``ocspproxy/signature.py`` names the one deliberate exception, MD5). A response is valid for a
+CertKey when:
+
+- its status is successful;
+- one of its SingleResponses carries exactly the CertID asked for: the same hash algorithm, issuer
+  name hash, issuer key hash and serial (a client asking with SHA-256 cannot use an answer in SHA-1,
+  so neither do we);
+- it is signed by the issuer, or by a responder certificate carried in the response that the issuer
+  signed directly (any algorithm ``verify_signature`` accepts, SHA-1 included), that has the
+  id-kp-OCSPSigning EKU, and that is valid both when the response was produced (producedAt) and now
+  (CAs pre-produce responses and backdate thisUpdate, so a freshly rotated delegate may postdate
+  thisUpdate; OpenSSL checks the signer at the current time). Its notAfter caps the staple's
+  validity;
+- thisUpdate is not more than ``skew`` in the future (the same skew the Apache snippet gives mod_ssl,
+  so nothing is served that Apache would refuse);
+- nextUpdate, when present, is after thisUpdate and in the future. A response without one ("newer
+  information is always available") is served for ``without_next_update`` after its thisUpdate.
 """
 
 from __future__ import annotations
@@ -12,35 +25,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ocspproxy.der import signature_bits_are_whole
-from ocspproxy.ocsp import HASH_ALGORITHMS, CertKey, hash_name, issuer_key_hash, issuer_name_hash
+from ocspproxy.der import DERError, signature_algorithm, signature_bits_are_whole
+from ocspproxy.ocsp import CertKey, hash_name, issuer_key_hash, issuer_name_hash
+from ocspproxy.signature import BadSignature, verify_signature
 from ocspproxy.staple import CertStatus, Staple
 
-__all__ = ["ExpiredResponse", "InvalidResponse", "check_times", "validate_response"]
+__all__ = [
+    "WITHOUT_NEXT_UPDATE",
+    "ExpiredResponse",
+    "InvalidResponse",
+    "check_times",
+    "validate_response",
+]
 
-
-_RSA = (rsa.RSAPublicKey,)
-_EC = (ec.EllipticCurvePublicKey,)
-_KEY_KIND: dict[x509.ObjectIdentifier, tuple[type, ...]] = {
-    SignatureAlgorithmOID.RSA_WITH_SHA1: _RSA,
-    SignatureAlgorithmOID.RSA_WITH_SHA224: _RSA,
-    SignatureAlgorithmOID.RSA_WITH_SHA256: _RSA,
-    SignatureAlgorithmOID.RSA_WITH_SHA384: _RSA,
-    SignatureAlgorithmOID.RSA_WITH_SHA512: _RSA,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA1: _EC,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA224: _EC,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA256: _EC,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA384: _EC,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA512: _EC,
-    SignatureAlgorithmOID.ED25519: (ed25519.Ed25519PublicKey,),
-    SignatureAlgorithmOID.ED448: (ed448.Ed448PublicKey,),
-}
+# How long a response without nextUpdate is served after its thisUpdate, unless configured: about
+# what mod_ssl alone keeps one (SSLStaplingStandardCacheTimeout, 3600 s), and it is refreshed at
+# half of it, like any other staple.
+WITHOUT_NEXT_UPDATE = timedelta(hours=1)
 
 
 class InvalidResponse(Exception):
@@ -65,6 +71,7 @@ def validate_response(
     issuer: x509.Certificate,
     now: datetime,
     skew: timedelta,
+    without_next_update: timedelta = WITHOUT_NEXT_UPDATE,
     check_signature: bool = True,
 ) -> Staple:
     """Validate der as the answer for key. With check_signature false (stored staples at start-up)
@@ -80,10 +87,10 @@ def validate_response(
         if not signature_bits_are_whole(der, ocsp_response=True):
             raise InvalidResponse("signature BIT STRING has unused bits")
         single = _find_single(resp, key, issuer)
-        not_after = _verify_signer(resp, issuer, single.this_update_utc) if check_signature else None
+        produced_at = resp.produced_at_utc
+        not_after = _verify_signer(resp, der, issuer, produced_at, now) if check_signature else None
         this_update = single.this_update_utc
         next_update = single.next_update_utc
-        produced_at = resp.produced_at_utc
         status = _STATUS[single.certificate_status]
         revoked_at = single.revocation_time_utc if status is CertStatus.REVOKED else None
     except InvalidResponse:
@@ -94,7 +101,7 @@ def validate_response(
         raise InvalidResponse(f"unreadable response: {type(exc).__name__}: {exc}") from exc
 
     if next_update is None:
-        raise InvalidResponse("no nextUpdate: cannot tell how long it may be served")
+        next_update = this_update + without_next_update
     next_update = check_times(this_update, next_update, now=now, skew=skew, not_after=not_after)
     return Staple(
         key=key,
@@ -119,7 +126,9 @@ def check_times(
     """The checks of a response's times; returns the nextUpdate in effect (capped at a delegated
     responder's notAfter). Raises InvalidResponse, or ExpiredResponse once it has passed."""
     if this_update > now + skew:
-        raise InvalidResponse(f"thisUpdate {this_update.isoformat()} is in the future")
+        raise InvalidResponse(
+            f"thisUpdate {this_update.isoformat()} is in the future (more than {skew.total_seconds():g} s)"
+        )
     if next_update <= this_update:
         raise InvalidResponse("nextUpdate is not after thisUpdate")
     if not_after is not None and not_after < next_update:
@@ -130,8 +139,9 @@ def check_times(
 
 
 def _find_single(resp: ocsp.OCSPResponse, key: CertKey, issuer: x509.Certificate) -> ocsp.OCSPSingleResponse:
-    # Match under each SingleResponse's own hash algorithm: some responders answer a SHA-256
-    # CertID with a SHA-1 one; what matters is that it names the same certificate.
+    """The SingleResponse with exactly key's CertID (hash algorithm included): a client finds its
+    status only under the CertID it asked with."""
+    other_alg: str | None = None
     for single in resp.responses:
         if single.serial_number != key.serial:
             continue
@@ -139,10 +149,18 @@ def _find_single(resp: ocsp.OCSPResponse, key: CertKey, issuer: x509.Certificate
             alg = hash_name(single.hash_algorithm)
         except UnsupportedAlgorithm:
             continue
-        if single.issuer_key_hash == issuer_key_hash(
-            issuer, alg
-        ) and single.issuer_name_hash == issuer_name_hash(issuer, alg):
+        if single.issuer_key_hash != issuer_key_hash(issuer, alg):
+            continue
+        if single.issuer_name_hash != issuer_name_hash(issuer, alg):
+            continue
+        if alg == key.alg:
             return single
+        other_alg = alg
+    if other_alg is not None:
+        raise InvalidResponse(
+            f"the CA answered with a {other_alg.upper()} CertID for a {key.alg.upper()} request: a client "
+            f"asking with {key.alg.upper()} finds no status in it (no SingleResponse with the CertID asked)"
+        )
     raise InvalidResponse("no SingleResponse for the requested certificate (CertID mismatch)")
 
 
@@ -153,13 +171,17 @@ def _responder_matches(resp: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
 
 
 def _verify_signer(
-    resp: ocsp.OCSPResponse, issuer: x509.Certificate, this_update: datetime
+    resp: ocsp.OCSPResponse, der: bytes, issuer: x509.Certificate, produced_at: datetime, now: datetime
 ) -> datetime | None:
     """Check the signature; return the delegated responder's notAfter (None when the issuer signed)."""
     failures: list[str] = []
+    try:
+        oid, params = signature_algorithm(der, ocsp_response=True)
+    except DERError as exc:
+        raise InvalidResponse(f"unreadable signatureAlgorithm: {exc}") from exc
     if _responder_matches(resp, issuer):
         try:
-            _verify_signature(resp, issuer)
+            _verify(issuer, oid, params, resp.signature, resp.tbs_response_bytes)
             return None
         except InvalidResponse as exc:
             failures.append(f"issuer: {exc}")
@@ -167,8 +189,8 @@ def _verify_signer(
         if cert == issuer or not _responder_matches(resp, cert):
             continue  # the issuer itself, included by some responders, was tried above
         try:
-            _check_delegate(cert, issuer, this_update)
-            _verify_signature(resp, cert)
+            _check_delegate(cert, issuer, produced_at, now)
+            _verify(cert, oid, params, resp.signature, resp.tbs_response_bytes)
             return cert.not_valid_after_utc
         except InvalidResponse as exc:
             failures.append(f"responder {cert.subject.rfc4514_string()}: {exc}")
@@ -177,50 +199,49 @@ def _verify_signer(
     raise InvalidResponse("; ".join(failures))
 
 
-def _check_delegate(cert: x509.Certificate, issuer: x509.Certificate, this_update: datetime) -> None:
+def _verify(signer: x509.Certificate, oid: str, params: bytes | None, signature: bytes, data: bytes) -> None:
     try:
-        if not signature_bits_are_whole(cert.public_bytes(serialization.Encoding.DER), ocsp_response=False):
+        verify_signature(signer.public_key(), oid=oid, params=params, signature=signature, data=data)
+    except BadSignature as exc:
+        raise InvalidResponse(str(exc)) from exc
+
+
+def _check_delegate(
+    cert: x509.Certificate, issuer: x509.Certificate, produced_at: datetime, now: datetime
+) -> None:
+    if cert.issuer != issuer.subject:
+        raise InvalidResponse("responder certificate not issued by the issuer (another issuer name)")
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    try:
+        if not signature_bits_are_whole(cert_der, ocsp_response=False):
             raise InvalidResponse("responder certificate signature has unused bits")
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-        raise InvalidResponse("responder certificate not issued by the issuer") from exc
+        oid, params = signature_algorithm(cert_der, ocsp_response=False)
+    except DERError as exc:
+        raise InvalidResponse(f"responder certificate unreadable: {exc}") from exc
+    if oid != cert.signature_algorithm_oid.dotted_string:
+        raise InvalidResponse("responder certificate signatureAlgorithm differs from its tbsCertificate")
+    try:
+        verify_signature(
+            issuer.public_key(),
+            oid=oid,
+            params=params,
+            signature=cert.signature,
+            data=cert.tbs_certificate_bytes,
+        )
+    except BadSignature as exc:
+        if str(exc) == "bad signature":
+            raise InvalidResponse("responder certificate not issued by the issuer (bad signature)") from exc
+        raise InvalidResponse(f"responder certificate signature: {exc}") from exc
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         eku = None
     if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
         raise InvalidResponse("responder certificate lacks id-kp-OCSPSigning")
-    if not cert.not_valid_before_utc <= this_update <= cert.not_valid_after_utc:
-        raise InvalidResponse("responder certificate not valid at thisUpdate")
-
-
-def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
-    key = signer.public_key()
-    oid = resp.signature_algorithm_oid
-    if oid == SignatureAlgorithmOID.RSASSA_PSS:
-        # cryptography does not expose the PSS parameters of an OCSP response to verify with.
-        raise InvalidResponse("RSASSA-PSS signatures are not supported")
-    # signatureAlgorithm is outside the signed bytes: it must name the signer's kind of key.
-    kind = _KEY_KIND.get(oid)
-    if kind is None:
-        raise InvalidResponse(f"unsupported signature algorithm {oid.dotted_string}")
-    if not isinstance(key, kind):
-        raise InvalidResponse(f"signature algorithm {oid.dotted_string} does not fit the signer's key")
-    try:
-        algorithm = resp.signature_hash_algorithm
-        if isinstance(key, rsa.RSAPublicKey):
-            if algorithm is None or algorithm.name.lower().replace("-", "") not in HASH_ALGORITHMS:
-                raise InvalidResponse("weak or missing signature hash")
-            key.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if not isinstance(algorithm, hashes.HashAlgorithm):
-                raise InvalidResponse("missing signature hash")
-            key.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(algorithm))
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(resp.signature, resp.tbs_response_bytes)
-        else:
-            raise InvalidResponse(f"unsupported signer key type {type(key).__name__}")
-    except InvalidSignature as exc:
-        raise InvalidResponse("bad signature") from exc
-    except UnsupportedAlgorithm as exc:
-        raise InvalidResponse(f"unsupported signature algorithm: {exc}") from exc
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    for moment, what in ((produced_at, "when the response was produced"), (now, "now")):
+        if not start <= moment <= end:
+            raise InvalidResponse(
+                f"responder certificate not valid {what} ({moment.isoformat()}; valid "
+                f"{start.isoformat()} to {end.isoformat()})"
+            )
