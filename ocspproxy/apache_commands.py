@@ -187,7 +187,11 @@ def snippet_command(
                 raise
             ctx.err(f"{exc} (using a generic stapling cache path and size)")
         text = render_snippet(
-            proxy_url=url, layout=layout, certificates=count, answer_budget=config.answer_budget
+            proxy_url=url,
+            layout=layout,
+            certificates=count,
+            answer_budget=config.answer_budget,
+            skew=config.skew,
         )
         ctx.out(text.rstrip("\n"))
         return 0
@@ -219,6 +223,7 @@ def install_command(
             apache=apache,
             proxy_url=url,
             answer_budget=config.answer_budget,
+            skew=config.skew,
             tools=tools,
             compiled=compiled[0] if compiled else None,
             dry_run=dry_run,

@@ -51,6 +51,7 @@ class InstallRequest:
     apache: ApacheConfig
     proxy_url: str
     answer_budget: float
+    skew: float
     tools: Tools
     compiled: Path | None  # the main file Apache uses by default (from -V)
     dry_run: bool = False
@@ -99,6 +100,7 @@ def _plan(request: InstallRequest, out: Callable[[str], None]) -> _Plan:
         layout=layout,
         certificates=max(1, len(certificates)),
         answer_budget=request.answer_budget,
+        skew=request.skew,
     )
     directives = find_stapling_directives(_other_files(request, placement))
     for warning in stapling_warnings(directives, request.proxy_url):

@@ -16,6 +16,7 @@ __all__ = [
     "proxy_url_for",
     "render_snippet",
     "responder_timeout",
+    "response_time_skew",
 ]
 
 #: first line of every generated file; install recognises its own files by it
@@ -24,7 +25,6 @@ MIN_CACHE_BYTES = 1 << 20
 BYTES_PER_CERTIFICATE = 16 << 10  # an OCSP response is 1-4 KiB; shmcb needs room around it
 ERROR_CACHE_TIMEOUT = 60
 STANDARD_CACHE_TIMEOUT = 600
-RESPONSE_TIME_SKEW = 60
 RESPONDER_TIMEOUT_MARGIN = 2.0
 
 
@@ -100,7 +100,15 @@ def _cache_path(layout: Layout) -> tuple[str, str]:
     return "ssl_stapling", "relative to DefaultRuntimeDir (logs/ under ServerRoot unless set)"
 
 
-def render_snippet(*, proxy_url: str, layout: Layout, certificates: int, answer_budget: float) -> str:
+def response_time_skew(skew: float) -> int:
+    """SSLStaplingResponseTimeSkew (whole seconds) for ocspproxy's own skew: never less, so that
+    every response ocspproxy accepts (thisUpdate at most skew ahead) mod_ssl accepts too."""
+    return math.ceil(skew)
+
+
+def render_snippet(
+    *, proxy_url: str, layout: Layout, certificates: int, answer_budget: float, skew: float
+) -> str:
     """The configuration text; raises SnippetError for a proxy URL mod_ssl cannot use."""
     check_proxy_url(proxy_url)
     path, where = _cache_path(layout)
@@ -135,8 +143,9 @@ def render_snippet(*, proxy_url: str, layout: Layout, certificates: int, answer_
         "    # Ask again every 10 minutes: ocspproxy answers from memory, so this costs nothing and picks",
         "    # up the response it refreshed (at half its validity) long before the old one expires.",
         f"    SSLStaplingStandardCacheTimeout {STANDARD_CACHE_TIMEOUT}",
-        "    # mod_ssl keeps stapling a cached response this long past its nextUpdate (default 300 s).",
-        f"    SSLStaplingResponseTimeSkew {RESPONSE_TIME_SKEW}",
+        f"    # ocspproxy's skew ({skew:g} s): mod_ssl accepts a thisUpdate this far ahead, as ocspproxy",
+        "    # does, and keeps stapling a cached response this long past its nextUpdate (default 300 s).",
+        f"    SSLStaplingResponseTimeSkew {response_time_skew(skew)}",
         "</IfModule>",
     ]
     return "\n".join(lines) + "\n"
