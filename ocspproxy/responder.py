@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ocspproxy.inventory import Inventory
+from ocspproxy.inventory import Inventory, Issuer
 from ocspproxy.ocsp import CertId, CertKey
 from ocspproxy.ratelimit import TokenBucket
 from ocspproxy.scheduler import Scheduler
@@ -65,7 +65,7 @@ class Responder:
         self._fetch_rate = fetch_rate
         self._fetch_burst = fetch_burst
         # One bucket per known issuer: a scanner walking serials cannot make us hammer its CA.
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[bytes, TokenBucket] = {}
 
     def hit(self, cert_id: CertId) -> Answer | None:
         """The answer when a servable staple is held (no waiting), else None."""
@@ -104,7 +104,7 @@ class Responder:
             return Answer(Outcome.EXPIRED if expired else Outcome.FAILING, issuer=issuer.name, detail=failing)
         configured = key in inv.targets or key in self.scheduler
         # Joining a fetch already under way costs the CA nothing: only new fetches spend tokens.
-        if not configured and not self.staples.fetching(key) and not self._bucket(issuer.name).take():
+        if not configured and not self.staples.fetching(key) and not self._bucket(issuer).take():
             return Answer(
                 Outcome.LIMITED, issuer=issuer.name, detail="on-demand fetch rate for this issuer exceeded"
             )
@@ -128,10 +128,12 @@ class Responder:
             Outcome.EXPIRED if expired else Outcome.FAILED, issuer=issuer.name, detail=refreshed.reason
         )
 
-    def _bucket(self, issuer: str) -> TokenBucket:
-        bucket = self._buckets.get(issuer)
+    def _bucket(self, issuer: Issuer) -> TokenBucket:
+        # By key, not by name: a CA's old and new key (a rollover) often share one name.
+        key_hash = issuer.key_hashes["sha1"]
+        bucket = self._buckets.get(key_hash)
         if bucket is None:
-            bucket = self._buckets[issuer] = TokenBucket(rate=self._fetch_rate, burst=self._fetch_burst)
+            bucket = self._buckets[key_hash] = TokenBucket(rate=self._fetch_rate, burst=self._fetch_burst)
         return bucket
 
     def _join(self, key: CertKey, task: asyncio.Task[Refreshed]) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 
 import pytest
 
-from tests.pki import TestCA
+from tests.pki import TestCA, pem
 from tests.upstream import FakeUpstream, Reply
 
 FAST = {"answer_budget": 0.5, "request_timeout": 0.5, "connection_lifetime": 1.5}
@@ -114,3 +115,23 @@ async def test_scanner_of_random_serials_cannot_hammer_the_ca(
     # Nothing of theirs is kept: "unknown" answers for unconfigured serials are handed on only.
     assert len(proxy.daemon.staples) == 1
     assert len(proxy.daemon.scheduler) == 1
+
+
+async def test_on_demand_fetch_rate_is_per_issuer(
+    ca: TestCA, upstream: FakeUpstream, make_proxy, tmp_path
+) -> None:
+    """A scanner spending one issuer's on-demand budget leaves another issuer's untouched."""
+    other = TestCA(ocsp_url=upstream.url)
+    upstream.behaviour = lambda serial: Reply(
+        (other if serial >= 50_000 else ca).respond(serial, status="unknown")
+    )
+    leaf = ca.leaf()
+    proxy = make_proxy(ca=ca, leaves=[leaf], fetch_rate_per_issuer=0.01, fetch_burst_per_issuer=3)
+    other_issuer = tmp_path / "other-issuer.pem"
+    other_issuer.write_bytes(pem(other.cert))
+    proxy.config = dataclasses.replace(proxy.config, issuer_urls=((other_issuer, upstream.url),))
+    await proxy.start()
+    first = [await proxy.post(ca.request(10_000 + n)) for n in range(6)]
+    assert [a.status for a in first].count("SUCCESSFUL") == 3, "the first issuer's burst, then tryLater"
+    second = [await proxy.post(other.request(50_000 + n)) for n in range(3)]
+    assert all(a.status == "SUCCESSFUL" for a in second), "the other issuer has its own bucket"
