@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 
 from fuzz import der
@@ -72,9 +73,14 @@ def build(ca_dir: Path = CA_DIR, corpus_dir: Path = CORPUS_DIR) -> dict[str, int
         "issuer-good": respond(),
         "issuer-revoked": respond(status="revoked"),
         "issuer-unknown": respond(status="unknown"),
-        "issuer-sha256-by-name": respond(alg="sha256", by_name=True),
+        "issuer-by-name": respond(by_name=True),
+        "issuer-sha1-signature": respond(sign_hash=hashes.SHA1()),
+        "issuer-sha224-signature": respond(sign_hash=hashes.SHA224()),
+        "issuer-no-next-update": respond(validity=None),
         "delegate-good": respond(signer="delegate"),
-        "delegate-sha512-by-name": respond(signer="delegate", alg="sha512", by_name=True),
+        "delegate-sha512-signature-by-name": respond(
+            signer="delegate", sign_hash=hashes.SHA512(), by_name=True
+        ),
         # rejected
         "rogue": respond(signer="rogue", by_name=True),
         "rogue-included": respond(signer="rogue-included"),
@@ -82,7 +88,9 @@ def build(ca_dir: Path = CA_DIR, corpus_dir: Path = CORPUS_DIR) -> dict[str, int
         "other-serial": respond(serial_in_response=SERIAL + 1),
         "other-issuer": other.respond(SERIAL, this_update=this_update),
         "expired": respond(this_update=now - dt.timedelta(hours=2)),
-        "no-next-update": respond(validity=None),
+        "sha256-certid-for-sha1": respond(alg="sha256"),
+        "serverauth-delegate": respond(signer="serverauth"),
+        "wrong-name-hash": respond(wrong_name_hash=True),
         "future": respond(this_update=now + dt.timedelta(minutes=10)),
         "try-later": error_body(ocsp.OCSPResponseStatus.TRY_LATER),
     }

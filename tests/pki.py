@@ -12,11 +12,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ocspproxy.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
+from tests import derbuild
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 UTC = dt.UTC
@@ -47,6 +48,7 @@ def make_cert(
     not_after: dt.datetime | None = None,
     serial: int | None = None,
     issuer_name: x509.Name | None = None,
+    sign_hash: hashes.HashAlgorithm | None = None,
 ) -> x509.Certificate:
     start = not_before or now() - dt.timedelta(days=1)
     builder = (
@@ -82,7 +84,9 @@ def make_cert(
         )
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+    if sign_hash is not None and sign_hash.name in ("sha1", "md5"):
+        return resign_certificate(builder.sign(issuer_key, hashes.SHA256()), issuer_key, sign_hash)
+    return builder.sign(issuer_key, sign_hash or hashes.SHA256())  # type: ignore[arg-type]
 
 
 def pem(*certs: x509.Certificate) -> bytes:
@@ -171,8 +175,14 @@ class TestCA:
         serial_in_response: int | None = None,
         issuer_for_certid: x509.Certificate | None = None,
         by_name: bool = False,
+        sign_hash: hashes.HashAlgorithm | None = None,
+        wrong_name_hash: bool = False,
+        pss_salt: int | None = None,
     ) -> bytes:
-        """A signed OCSP response. signer: issuer | delegate | rogue | rogue-included | root | undelegated."""
+        """A signed OCSP response. signer: issuer | delegate | rogue | rogue-included | root |
+        undelegated (no EKU) | serverauth (an EKU without OCSPSigning). sign_hash: the signature's
+        hash (SHA-256 by default); pss_salt: re-signed with RSASSA-PSS (RSA keys) and that salt
+        length; wrong_name_hash: the CertID's issuer name hash of another name, its key hash right."""
         tu = this_update or now() - dt.timedelta(minutes=1)
         nu = next_update if next_update is not None else (tu + validity if validity is not None else None)
         responder_cert, responder_key, include = {
@@ -182,6 +192,7 @@ class TestCA:
             "rogue-included": (self.rogue, self.rogue_key, [self.rogue]),
             "root": (self.root, self.root_key, []),
             "undelegated": self._undelegated(),
+            "serverauth": self._undelegated([ExtendedKeyUsageOID.SERVER_AUTH]),
         }[signer]
         cert_status = {
             "good": ocsp.OCSPCertStatus.GOOD,
@@ -189,8 +200,11 @@ class TestCA:
             "unknown": ocsp.OCSPCertStatus.UNKNOWN,
         }[status]
         certid_issuer = issuer_for_certid or self.cert
+        name_hash = issuer_name_hash(certid_issuer, alg)
+        if wrong_name_hash:
+            name_hash = issuer_name_hash(self.root, alg)
         builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            issuer_name_hash=issuer_name_hash(certid_issuer, alg),
+            issuer_name_hash=name_hash,
             issuer_key_hash=issuer_key_hash(certid_issuer, alg),
             serial_number=serial_in_response if serial_in_response is not None else serial,
             algorithm=HASH_ALGORITHMS[alg](),
@@ -204,15 +218,156 @@ class TestCA:
         builder = builder.responder_id(encoding, responder_cert)
         if include:
             builder = builder.certificates(include)
-        response = builder.sign(responder_key, hashes.SHA256())
-        return response.public_bytes(serialization.Encoding.DER)
+        weak = sign_hash is not None and sign_hash.name in ("sha1", "md5")
+        response = builder.sign(responder_key, hashes.SHA256() if weak else sign_hash or hashes.SHA256())
+        der = response.public_bytes(serialization.Encoding.DER)
+        if weak:
+            assert sign_hash is not None
+            der = resign_response(der, responder_key, sign_hash)
+        if pss_salt is not None:
+            assert isinstance(responder_key, rsa.RSAPrivateKey), "RSASSA-PSS needs an RSA key"
+            der = resign_pss(der, responder_key, sign_hash or hashes.SHA256(), salt=pss_salt)
+        return der
 
-    def _undelegated(self) -> tuple[x509.Certificate, Key, list[x509.Certificate]]:
+    def _undelegated(
+        self, eku: list[x509.ObjectIdentifier] | None = None
+    ) -> tuple[x509.Certificate, Key, list[x509.Certificate]]:
         # Issued by the CA but without id-kp-OCSPSigning: may not sign responses.
         key = _key()
-        cert = make_cert(subject="Not A Responder", key=key, issuer=self.cert, issuer_key=self.key)
+        cert = make_cert(subject="Not A Responder", key=key, issuer=self.cert, issuer_key=self.key, eku=eku)
         return cert, key, [cert]
+
+
+def rsa_ca(ocsp_url: str = "http://127.0.0.1:9/") -> TestCA:
+    """A TestCA whose root and issuing CA have RSA keys (for RSASSA-PSS and RSA signatures)."""
+    return TestCA(
+        ocsp_url=ocsp_url,
+        root_key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+_HASH_OID = {
+    "sha1": "1.3.14.3.2.26",
+    "sha224": "2.16.840.1.101.3.4.2.4",
+    "sha256": "2.16.840.1.101.3.4.2.1",
+    "sha384": "2.16.840.1.101.3.4.2.2",
+    "sha512": "2.16.840.1.101.3.4.2.3",
+}
+
+
+def pss_algorithm(
+    digest: hashes.HashAlgorithm,
+    *,
+    salt: int,
+    mgf_digest: hashes.HashAlgorithm | None = None,
+    trailer: int = 1,
+) -> bytes:
+    """The AlgorithmIdentifier of RSASSA-PSS with these parameters (RFC 4055), DER: fields with
+    their default value (SHA-1, MGF1 with SHA-1, salt 20, trailer 1) are left out."""
+    mgf = mgf_digest or digest
+    fields = []
+    if digest.name != "sha1":
+        fields.append(
+            derbuild.explicit(0, derbuild.sequence(derbuild.oid(_HASH_OID[digest.name]), derbuild.null()))
+        )
+    if mgf.name != "sha1":
+        mgf1 = derbuild.sequence(derbuild.oid(_HASH_OID[mgf.name]), derbuild.null())
+        fields.append(derbuild.explicit(1, derbuild.sequence(derbuild.oid("1.2.840.113549.1.1.8"), mgf1)))
+    if salt != 20:
+        fields.append(derbuild.explicit(2, derbuild.integer(salt)))
+    if trailer != 1:
+        fields.append(derbuild.explicit(3, derbuild.integer(trailer)))
+    return derbuild.sequence(derbuild.oid("1.2.840.113549.1.1.10"), derbuild.sequence(*fields))
+
+
+def replace_signature(der: bytes, algorithm: bytes, signature: bytes) -> bytes:
+    """The OCSP response der with its BasicOCSPResponse's signatureAlgorithm and signature replaced
+    (tbsResponseData and certificates kept byte for byte)."""
+    resp = ocsp.load_der_ocsp_response(der)
+    tbs = resp.tbs_response_bytes
+    certs = b"".join(c.public_bytes(serialization.Encoding.DER) for c in resp.certificates)
+    basic = derbuild.sequence(
+        tbs,
+        algorithm,
+        derbuild.bit_string(signature),
+        *([derbuild.explicit(0, derbuild.sequence(certs))] if resp.certificates else []),
+    )
+    response_bytes = derbuild.sequence(derbuild.oid("1.3.6.1.5.5.7.48.1.1"), derbuild.tlv(0x04, basic))
+    return derbuild.sequence(derbuild.tlv(0x0A, b"\x00"), derbuild.explicit(0, response_bytes))
+
+
+def resign_pss(
+    der: bytes,
+    key: rsa.RSAPrivateKey,
+    digest: hashes.HashAlgorithm,
+    *,
+    salt: int,
+    declared_salt: int | None = None,
+    trailer: int = 1,
+) -> bytes:
+    """der signed again with RSASSA-PSS (salt bytes of salt); declared_salt and trailer change
+    only what the parameters claim."""
+    tbs = ocsp.load_der_ocsp_response(der).tbs_response_bytes
+    signature = key.sign(tbs, padding.PSS(mgf=padding.MGF1(digest), salt_length=salt), digest)
+    algorithm = pss_algorithm(digest, salt=salt if declared_salt is None else declared_salt, trailer=trailer)
+    return replace_signature(der, algorithm, signature)
 
 
 def error_body(status: ocsp.OCSPResponseStatus) -> bytes:
     return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
+
+
+_SIG_OID = {  # (key kind, hash) -> signatureAlgorithm OID
+    ("rsa", "md5"): "1.2.840.113549.1.1.4",
+    ("rsa", "sha1"): "1.2.840.113549.1.1.5",
+    ("rsa", "sha224"): "1.2.840.113549.1.1.14",
+    ("rsa", "sha256"): "1.2.840.113549.1.1.11",
+    ("ec", "md5"): "1.2.840.10045.4.1",  # (no such thing: an ECDSA-SHA1 OID over an MD5 digest)
+    ("ec", "sha1"): "1.2.840.10045.4.1",
+    ("ec", "sha224"): "1.2.840.10045.4.3.1",
+    ("ec", "sha256"): "1.2.840.10045.4.3.2",
+}
+
+
+def _sign(key: Key, data: bytes, digest: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """(AlgorithmIdentifier, signature) of data signed by key with a hash cryptography's builders
+    no longer sign with (SHA-1, MD5): the primitives still do."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        algorithm = derbuild.sequence(derbuild.oid(_SIG_OID[("rsa", digest.name)]), derbuild.null())
+        return algorithm, key.sign(data, padding.PKCS1v15(), digest)
+    if digest.name == "md5":
+        raise ValueError("no ECDSA-with-MD5 signature algorithm")
+    algorithm = derbuild.sequence(derbuild.oid(_SIG_OID[("ec", digest.name)]))
+    return algorithm, key.sign(data, ec.ECDSA(digest))
+
+
+def resign_response(der: bytes, key: Key, digest: hashes.HashAlgorithm) -> bytes:
+    """der signed again by key with digest (SHA-1 or MD5 included)."""
+    tbs = ocsp.load_der_ocsp_response(der).tbs_response_bytes
+    algorithm, signature = _sign(key, tbs, digest)
+    return replace_signature(der, algorithm, signature)
+
+
+def resign_certificate(
+    cert: x509.Certificate, issuer_key: Key, digest: hashes.HashAlgorithm
+) -> x509.Certificate:
+    """cert signed again by issuer_key with digest (SHA-1 or MD5 included), its tbsCertificate's
+    signature field changed to match."""
+    from ocspproxy.der import children, header
+
+    tbs = cert.tbs_certificate_bytes
+    _, start, length = header(tbs, 0)
+    parts = [tbs[s - _head(ln) : s + ln] for _, s, ln in children(tbs, start, length)]
+    index = 2 if tbs[start] == 0xA0 else 1  # [version], serialNumber, signature, ...
+    algorithm, _ = _sign(issuer_key, b"", digest)
+    parts[index] = algorithm
+    new_tbs = derbuild.sequence(*parts)
+    _, signature = _sign(issuer_key, new_tbs, digest)
+    return x509.load_der_x509_certificate(
+        derbuild.sequence(new_tbs, algorithm, derbuild.bit_string(signature))
+    )
+
+
+def _head(length: int) -> int:
+    return 2 if length < 0x80 else 2 + (length.bit_length() + 7) // 8

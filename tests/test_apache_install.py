@@ -140,7 +140,7 @@ def test_debian_install(debian: Path, tmp_path: Path) -> None:
     written = root / "conf-available" / "ocspproxy.conf"
     link = root / "conf-enabled" / "ocspproxy.conf"
     assert written.read_text() == render_snippet(
-        proxy_url=URL, layout=Layout.DEBIAN, certificates=4, answer_budget=3.0
+        proxy_url=URL, layout=Layout.DEBIAN, certificates=4, answer_budget=3.0, skew=60.0
     )
     assert written.stat().st_mode & 0o777 == 0o644
     assert os.readlink(link) == "../conf-available/ocspproxy.conf"
@@ -275,7 +275,7 @@ def test_rhel_install(rhel: Path, tmp_path: Path) -> None:
     root = rhel.parent.parent
     written = root / "conf.d" / "ocspproxy.conf"
     assert written.read_text() == render_snippet(
-        proxy_url=URL, layout=Layout.RHEL, certificates=2, answer_budget=3.0
+        proxy_url=URL, layout=Layout.RHEL, certificates=2, answer_budget=3.0, skew=60.0
     )
     assert '"shmcb:/run/httpd/ssl_stapling(1048576)"' in written.read_text()
     ((argv, env),) = [(a, e) for a, e in run.fake.calls if "-t" in a]

@@ -86,9 +86,14 @@ VALID = {
     "issuer": respond(CA, SERIAL),
     "issuer-revoked": respond(CA, SERIAL, status="revoked"),
     "issuer-unknown": respond(CA, SERIAL, status="unknown"),
-    "issuer-sha256-by-name": respond(CA, SERIAL, alg="sha256", by_name=True),
+    "issuer-by-name": respond(CA, SERIAL, by_name=True),
+    "issuer-sha1-signature": respond(CA, SERIAL, sign_hash=hashes.SHA1()),
+    "issuer-sha224-signature": respond(CA, SERIAL, sign_hash=hashes.SHA224()),
+    "no-next-update": respond(CA, SERIAL, validity=None),
     "delegate": respond(CA, SERIAL, signer="delegate"),
-    "delegate-sha512-by-name": respond(CA, SERIAL, signer="delegate", alg="sha512", by_name=True),
+    "delegate-sha512-signature-by-name": respond(
+        CA, SERIAL, signer="delegate", sign_hash=hashes.SHA512(), by_name=True
+    ),
 }
 INVALID = {
     "rogue": respond(CA, SERIAL, signer="rogue", by_name=True),
@@ -99,8 +104,11 @@ INVALID = {
     "other-issuer": respond(CA2, SERIAL),
     "certid-of-root": respond(CA, SERIAL, issuer_for_certid=CA.root),
     "expired": respond(CA, SERIAL, this_update=NOW - dt.timedelta(hours=2)),
-    "no-next-update": respond(CA, SERIAL, validity=None),
+    "no-next-update-too-old": respond(CA, SERIAL, this_update=NOW - dt.timedelta(hours=2), validity=None),
     "future": respond(CA, SERIAL, this_update=NOW + dt.timedelta(minutes=10)),
+    "sha256-certid-for-sha1": respond(CA, SERIAL, alg="sha256", by_name=True),
+    "serverauth-delegate": respond(CA, SERIAL, signer="serverauth"),
+    "wrong-name-hash": respond(CA, SERIAL, wrong_name_hash=True),
 }
 RESPONSES = [*VALID.values(), *INVALID.values()]
 REQUESTS = [
@@ -556,44 +564,42 @@ def _two_singles_signed_by(ca: TestCA, first: bytes, second: bytes) -> bytes:
     return der.encode(0x30, status.raw + der.encode(0xA0, der.encode(0x30, oid.raw + der.encode(0x04, body))))
 
 
-@pytest.fixture
-def late_delegate() -> tuple[TestCA, bytes, bytes]:
-    """A delegate valid from 10 minutes ago; a response for SERIAL from an hour ago, one for another
-    serial from a minute ago."""
+def _delegate_from(not_before: dt.datetime) -> TestCA:
     key = _key()
-    late = make_cert(
-        subject="Late responder",
+    cert = make_cert(
+        subject="Rotated responder",
         key=key,
         issuer=CA.cert,
         issuer_key=CA.key,
         eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
-        not_before=NOW - dt.timedelta(minutes=10),
+        not_before=not_before,
     )
     ca = TestCA()
-    ca.key, ca.cert, ca.responder, ca.responder_key = CA.key, CA.cert, late, key
+    ca.key, ca.cert, ca.responder, ca.responder_key = CA.key, CA.cert, cert, key
+    return ca
+
+
+def test_delegate_rotated_after_a_backdated_this_update_is_accepted() -> None:
+    """A delegate valid from 10 minutes ago signs (now) a response whose thisUpdate is an hour old:
+    valid when produced and now, so accepted, alone or beside another SingleResponse."""
+    ca = _delegate_from(NOW - dt.timedelta(minutes=10))
     ours = respond(
         ca, SERIAL, signer="delegate", this_update=NOW - dt.timedelta(hours=1), validity=dt.timedelta(hours=3)
     )
-    return ca, ours, respond(ca, SERIAL + 5, signer="delegate")
+    other = respond(ca, SERIAL + 5, signer="delegate")
+    assert validate(ours).next_update == NOW + dt.timedelta(hours=2)
+    assert validate(_two_singles_signed_by(ca, other, ours)).status is CertStatus.GOOD
 
 
-def test_delegate_not_valid_at_this_update_is_refused(late_delegate: tuple[TestCA, bytes, bytes]) -> None:
-    ca, ours, _other = late_delegate
-    with pytest.raises(InvalidResponse, match="not valid at thisUpdate"):
-        validate(ours)
-    with pytest.raises(InvalidResponse, match="not valid at thisUpdate"):
-        validate(_two_singles_signed_by(ca, ours, ours))
-
-
-def test_delegate_validity_is_checked_at_the_matched_this_update(
-    late_delegate: tuple[TestCA, bytes, bytes],
-) -> None:
-    """Another SingleResponse first, from a time the delegate was valid, must not lend it validity
-    (a regression test: fixed in 1ec0abf)."""
-    ca, ours, other = late_delegate
-    validate(other, key=key_of(CA, SERIAL + 5))
-    with pytest.raises(InvalidResponse):
-        validate(_two_singles_signed_by(ca, other, ours))
+def test_delegate_not_yet_valid_when_the_response_was_produced_is_refused() -> None:
+    """Signed before the delegate's notBefore (producedAt is the signing time): refused, even once
+    the delegate has become valid."""
+    ca = _delegate_from(NOW + dt.timedelta(minutes=10))
+    ours = respond(ca, SERIAL, signer="delegate", validity=dt.timedelta(hours=3))
+    for at in (NOW, NOW + dt.timedelta(minutes=20)):
+        with pytest.raises(InvalidResponse, match="not valid when the response was produced"):
+            validate_response(ours, key=CTX.key, issuer=CA.cert, now=at, skew=SKEW)
+    assert oracle.check_response(ours, CTX) is None
 
 
 # ------------------------------------------------------------------------------------- fuzz targets

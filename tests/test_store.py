@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
+
+import pytest
 
 from ocspproxy.ocsp import CertKey
 from ocspproxy.store import FileStore
@@ -56,3 +59,32 @@ def test_bad_entries_are_reported_and_skipped(tmp_path: Path) -> None:
     entries, errors = load_all(store)
     assert entries == {KEY: b"good"}
     assert len(errors) == 2
+
+
+def test_save_syncs_the_file_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durability that kill -9 cannot show (the page cache survives it; a power cut does not): the
+    file's data reach the disk before it takes its name, and the name before save returns."""
+    store = FileStore(tmp_path / "state")
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        calls.append(("fsync", "directory" if os.path.isdir(target) else os.path.basename(target)))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls.append(("rename", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.save(KEY, b"der")
+    name = store.path_for(KEY).name
+    (kind, first), rename, last = calls[0], calls[1], calls[-1]
+    assert kind == "fsync" and first.startswith(".tmp-" + name), calls
+    assert rename == ("rename", name), calls
+    assert last == ("fsync", "directory"), calls
+    assert len(calls) == 3, calls

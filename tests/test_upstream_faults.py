@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -265,11 +266,24 @@ async def test_certid_with_another_issuers_hashes(
 # --- time -------------------------------------------------------------------------------------------
 
 
-async def test_no_next_update(ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path):
-    def respond(serial: int) -> bytes:
-        return ca.respond(serial, this_update=now(), validity=None)
-
-    await rejected(ca, upstream, make_proxy, tmp_path, respond, "no nextUpdate")
+async def test_no_next_update_is_served_for_a_bounded_time(
+    ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path
+):
+    """`openssl ocsp` without -ndays: no nextUpdate. Stored and served (mod_ssl staples it too), for
+    validity_without_next_update after thisUpdate; Expires and max-age follow that bound."""
+    w = await warm(ca, upstream, make_proxy, tmp_path, validity_without_next_update=600.0)
+    this_update = now()
+    open_ended = ca.respond(w.leaf.serial, this_update=this_update, validity=None)
+    upstream.behaviour = lambda serial: Reply(open_ended)
+    outcome = await w.refetch()
+    assert outcome.result is FetchResult.STORED, outcome.reason
+    await w.assert_holds(open_ended)
+    held = w.staples.servable(w.key)
+    assert held is not None and held.next_update == this_update + dt.timedelta(seconds=600)
+    answer = await w.proxy.post(ca.request(w.leaf.serial))
+    assert answer.headers["Expires"] == format_datetime(this_update + dt.timedelta(seconds=600), usegmt=True)
+    max_age = int(answer.headers["Cache-Control"].split("max-age=")[1].split(",")[0])
+    assert 590 <= max_age <= 600
 
 
 async def test_this_update_beyond_the_skew_in_the_future(
@@ -285,7 +299,7 @@ async def test_this_update_within_the_skew_is_accepted(
     ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path
 ):
     w = await warm(ca, upstream, make_proxy, tmp_path)
-    ahead = now() + dt.timedelta(seconds=120)  # a CA clock two minutes fast; skew is 300 s
+    ahead = now() + dt.timedelta(seconds=40)  # a CA clock 40 s fast; skew is 60 s
     fast = ca.respond(w.leaf.serial, this_update=ahead)
     stranger = x509.random_serial_number()
     stranger_der = ca.respond(stranger, this_update=ahead)

@@ -714,8 +714,10 @@ def several_singles_without_ours(scene: Scene, serial: int) -> bytes:
     )
 
 
-def pss_signed(scene: Scene, serial: int) -> bytes:
-    return openssl_response(scene.ca, scene.workdir, [(serial, "good")], pss=True)
+def pss_signed(scene: Scene, serial: int) -> bytes | None:
+    der = openssl_response(scene.ca, scene.workdir, [(serial, "good")], pss=True)
+    scene.hostile.faults[serial] = answer(http(der))
+    return der
 
 
 @dataclass(frozen=True)
@@ -770,9 +772,8 @@ CASES: dict[str, Case] = {
     "several-singles-ours-missing": Case(
         body(several_singles_without_ours), FetchResult.REJECTED, "CertID mismatch"
     ),
-    "rsa-pss-signature": Case(
-        body(pss_signed), FetchResult.REJECTED, "RSASSA-PSS signatures are not supported", rsa_ca=True
-    ),
+    # What `openssl ocsp -rsigopt rsa_padding_mode:pss` signs is stored (and verified by OpenSSL).
+    "rsa-pss-signature": Case(pss_signed, FetchResult.STORED, rsa_ca=True),
     "unknown-signature-algorithm": Case(
         body(lambda s, serial: with_unknown_signature_algorithm(s.fresh(serial))),
         FetchResult.REJECTED,
