@@ -26,7 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:2560)")
     serve.add_argument(
-        "--state-dir", type=Path, help="where staples persist ($STATE_DIRECTORY, else per-user)"
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where staples persist (default: $STATE_DIRECTORY, else /var/lib/ocspproxy for root, "
+        "else $XDG_STATE_HOME/ocspproxy, else ~/.local/state/ocspproxy)",
     )
     serve.add_argument(
         "--cert",
