@@ -154,12 +154,13 @@ class Daemon:
         self.config = config
         self._reread = reread  # reads the configuration again (file + the same flags) on reload
         # The store first: it creates the state directory, where the certificate index is kept.
-        store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
+        self._store = store = FileStore(config.state_dir)  # never fails: an unusable one is logged, retried
         # What the configuration names is read now (a broken Apache config stops the start); the
         # certificate files themselves after the listener opens (see run). Until then the
         # inventory holds the issuers known without them.
         self._sources, self._apache_files = certificate_sources(config)
-        self._index = read_index(config.state_dir)
+        # No index to read in a directory reported unusable (said once, by the store).
+        self._index = read_index(config.state_dir) if store.usable else CertIndex()
         self.inventory = early_inventory(self._sources, config.issuers, dict(config.issuer_urls), self._index)
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
@@ -307,7 +308,8 @@ class Daemon:
         with _without_cycle_collection():
             config = self.config
             inventory = await run_in_slices(_inventory_steps(config, self._sources, self._index))
-            await asyncio.to_thread(write_index, config.state_dir, self._index)
+            if self._store.usable:
+                await asyncio.to_thread(write_index, config.state_dir, self._index)
             self._index = CertIndex()  # its rows are not needed again: a reload reads the written one
             self.inventory = inventory
             self._report(inventory)
