@@ -30,7 +30,7 @@ from ocspproxy.apachectl import (
 )
 from ocspproxy.config import Config, ConfigError, load_config
 from ocspproxy.install_flow import InstallRequest, run_install
-from ocspproxy.inventory import load_certificates
+from ocspproxy.inventory import NotACertificate, load_certificates
 from ocspproxy.scan import scan_sites
 from ocspproxy.scan_render import render_text, to_json
 from ocspproxy.snippet import SnippetError, check_proxy_url, proxy_url_for, render_snippet
@@ -119,7 +119,8 @@ def _issuer_overrides(config: Config, ctx: Context) -> list[tuple[x509.Certifica
         try:
             out += [(cert, url) for cert in load_certificates(path)]
         except (OSError, ValueError) as exc:
-            ctx.err(f"ocspproxy: warning: [[issuer]] certificate {path}: unreadable ({exc})")
+            what = exc.what if isinstance(exc, NotACertificate) else f"unreadable ({exc})"
+            ctx.err(f"ocspproxy: warning: [[issuer]] certificate {path}: {what}")
     return out
 
 

@@ -67,6 +67,7 @@ def certificate_sources(config: Config) -> tuple[list[CertSource], tuple[Path, .
                     chain_file=site.chain_file,
                     ca_file=site.ca_certificate_file,
                     ca_path=site.ca_certificate_path,
+                    named_by="SSLCertificateFile",
                 )
             )
     return sources, apache_files

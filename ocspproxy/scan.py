@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as x509_ocsp
 
 from ocspproxy.apache import TLSSite
-from ocspproxy.inventory import ca_path_certificates, find_issuer, load_certificates, ocsp_url
+from ocspproxy.inventory import (
+    NotACertificate,
+    ca_path_certificates,
+    find_issuer,
+    load_certificates,
+    ocsp_url,
+)
 from ocspproxy.ocsp import CertKey, issuer_key_hash
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
 
@@ -31,8 +37,8 @@ MAX_STAPLE_BYTES = 1 << 20
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:
-    kind: str  # unreadable_certificate | unreadable_file | no_issuer | no_ocsp_url | https_force_url
-    #          | force_url_conflict
+    kind: str  # unreadable_certificate | not_a_certificate | unreadable_file | no_issuer | no_ocsp_url
+    #          | https_force_url | force_url_conflict
     message: str
     fix: str | None = None
 
@@ -80,7 +86,8 @@ def _find_issuer(leaf: x509.Certificate, chain: Sequence[x509.Certificate], site
         try:
             candidates = read()
         except (OSError, ValueError) as exc:
-            problems.append(Problem(kind="unreadable_file", message=f"{source} {path}: unreadable ({exc})"))
+            what = exc.what if isinstance(exc, NotACertificate) else f"unreadable ({exc})"
+            problems.append(Problem(kind="unreadable_file", message=f"{source} {path}: {what}"))
             continue
         found = find_issuer(leaf, candidates)
         if found is not None:
@@ -139,6 +146,16 @@ def _no_issuer(site: TLSSite) -> Problem:
     )
 
 
+def _not_a_certificate(site: TLSSite, exc: NotACertificate) -> Problem:
+    key = "; the private key belongs in SSLCertificateKeyFile" if exc.private_key else ""
+    return Problem(
+        kind="not_a_certificate",
+        message=f"certificate file {site.certificate_file} {exc.what}",
+        fix=f"point SSLCertificateFile at the PEM certificate (leaf first, then its chain){key} "
+        "(Apache will not start with it either)",
+    )
+
+
 def _no_url() -> Problem:
     return Problem(
         kind="no_ocsp_url",
@@ -172,6 +189,9 @@ def _report_site(
         )
     try:
         chain = load_certificates(site.certificate_file)
+    except NotACertificate as exc:
+        problems.insert(0, _not_a_certificate(site, exc))
+        return replace(base, problems=tuple(problems))
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.insert(

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from ocspproxy.apache import TLSSite, read_apache_config
 from ocspproxy.apache_commands import Context, scan_command
@@ -317,3 +320,66 @@ def test_unreadable_chain_file_is_named_and_the_search_goes_on(tmp_path: Path) -
     assert report.issuer_source == "SSLCACertificateFile" and report.stapling_possible
     assert _kinds(report) == ["unreadable_file"]
     assert f"SSLCertificateChainFile {tmp_path / 'gone.pem'}: unreadable" in report.problems[0].message
+
+
+def test_a_key_or_csr_where_a_certificate_belongs_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA()
+    leaf = ca.leaf("key.example")
+    key = tmp_path / "site.key"
+    key.write_bytes(
+        leaf.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "key.example")])
+    csr = tmp_path / "chain.csr"
+    csr.write_bytes(
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(leaf.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    (tmp_path / "leaf.pem").write_bytes(pem(leaf.cert))
+    (tmp_path / "ca.pem").write_bytes(pem(ca.cert))
+    main_file = tmp_path / "httpd.conf"
+    main_file.write_text(
+        "<VirtualHost *:443>\nServerName key.example\nSSLCertificateFile site.key\n</VirtualHost>\n"
+        "<VirtualHost *:443>\nServerName csr.example\nSSLCertificateFile leaf.pem\n"
+        "SSLCertificateChainFile chain.csr\nSSLCACertificateFile ca.pem\n</VirtualHost>\n"
+    )
+    keyed, chained = scan_sites(
+        read_apache_config(main_file, environment={}).sites,
+        state_dir=tmp_path / "state",
+        proxy_url=PROXY,
+        now=dt.datetime.now(dt.UTC),
+    )
+    assert _kinds(keyed) == ["not_a_certificate"]
+    assert keyed.problems[0].message == f"certificate file {key} holds a private key, not a certificate"
+    assert "SSLCertificateKeyFile" in (keyed.problems[0].fix or "")
+    assert chained.issuer_source == "SSLCACertificateFile" and _kinds(chained) == ["unreadable_file"]
+    assert chained.problems[0].message == (
+        f"SSLCertificateChainFile {csr}: holds a certificate signing request (CSR), not a certificate"
+    )
+    main(["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(tmp_path / "state")])
+    out = capsys.readouterr().out
+    assert f"PROBLEM        certificate file {key} holds a private key, not a certificate" in out
+    assert not any(text in out for text in ("ParseError", "asn1", "Unable to load PEM"))
+
+
+def test_an_issuer_override_that_is_no_certificate_is_named(tree: Tree) -> None:
+    key = tree.root / "ca.key"
+    key.write_bytes(
+        tree.leaves["chain"].key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    config = tree.root.parent / "ocspproxy.toml"
+    config.write_text(f'[[issuer]]\ncertificate = "{key}"\nocsp_url = "http://ocsp.example/"\n')
+    out: list[str] = []
+    err: list[str] = []
+    ctx = Context(out=out.append, err=err.append, tools=Tools(), environment={})
+    scan_command(apache_config=tree.main, state_dir=tree.state, config_file=config, as_json=True, ctx=ctx)
+    warning = f"ocspproxy: warning: [[issuer]] certificate {key}: holds a private key, not a certificate"
+    assert err == [warning]

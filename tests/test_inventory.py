@@ -2,17 +2,108 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from ocspproxy.inventory import CertSource, build_inventory
-from tests.pki import TestCA, pem
+from tests.pki import Leaf, TestCA, pem
 from tests.upstream import Reply
 
 CA = TestCA(ocsp_url="http://ocsp.test/")
 
 
-def sources(*paths: Path, **kwargs: Path) -> list[CertSource]:
+def sources(*paths: Path, **kwargs: Any) -> list[CertSource]:
     return [CertSource(path=str(p), **kwargs) for p in paths]
+
+
+# --- files that hold no certificate ------------------------------------------------------------------
+
+PARSER_TEXT = ("ParseError", "asn1", "Unable to load PEM", "cryptography.io")
+
+
+def _key_pem(leaf: Leaf, fmt: serialization.PrivateFormat) -> bytes:
+    return leaf.key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+
+
+def _csr(leaf: Leaf) -> x509.CertificateSigningRequest:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "site.example")])
+    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(leaf.key, hashes.SHA256())
+
+
+NOT_CERTIFICATES: dict[str, tuple[Callable[[Leaf], bytes], str]] = {
+    "pkcs8 key": (
+        lambda leaf: _key_pem(leaf, serialization.PrivateFormat.PKCS8),
+        "holds a private key, not a certificate",
+    ),
+    "openssl key": (
+        lambda leaf: _key_pem(leaf, serialization.PrivateFormat.TraditionalOpenSSL),  # EC PRIVATE KEY
+        "holds a private key, not a certificate",
+    ),
+    "csr": (
+        lambda leaf: _csr(leaf).public_bytes(serialization.Encoding.PEM),
+        "holds a certificate signing request (CSR), not a certificate",
+    ),
+    "public key": (
+        lambda leaf: leaf.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "holds a PEM PUBLIC KEY block, not a certificate",
+    ),
+    "empty": (lambda leaf: b"", "is empty"),
+    "binary": (
+        lambda leaf: _csr(leaf).public_bytes(serialization.Encoding.DER),
+        "is neither a PEM nor a DER certificate",
+    ),
+    "damaged": (
+        lambda leaf: b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+        "holds a damaged PEM certificate (its content does not decode)",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CERTIFICATES)
+def test_a_file_that_is_no_certificate_is_named_for_what_it_holds(tmp_path: Path, kind: str) -> None:
+    make, what = NOT_CERTIFICATES[kind]
+    path = tmp_path / "site.pem"
+    path.write_bytes(make(CA.leaf()))
+    inv = build_inventory(sources(path), [])
+    assert inv.problems == [
+        f"certificate {path}: {what}; --cert wants the PEM certificate (leaf first, then its chain) "
+        "as in SSLCertificateFile"
+    ]
+    assert str(path) in inv.unreadable and not inv.targets
+    issuers = build_inventory([], [path])
+    assert issuers.problems == [f"issuer file {path}: {what}; --issuers wants PEM CA certificates"]
+    assert not any(text in p for p in [*inv.problems, *issuers.problems] for text in PARSER_TEXT)
+
+
+def test_a_file_from_apache_that_is_no_certificate_points_at_the_directive(tmp_path: Path) -> None:
+    leaf = CA.leaf()
+    key = tmp_path / "site.key"
+    key.write_bytes(_key_pem(leaf, serialization.PrivateFormat.PKCS8))
+    good = tmp_path / "good.pem"
+    good.write_bytes(pem(leaf.cert))
+    csr = tmp_path / "chain.pem"
+    csr.write_bytes(_csr(leaf).public_bytes(serialization.Encoding.PEM))
+    inv = build_inventory(
+        [
+            CertSource(path=str(key), named_by="SSLCertificateFile"),
+            CertSource(path=str(good), chain_file=csr, named_by="SSLCertificateFile"),
+        ],
+        [],
+    )
+    assert inv.problems == [
+        f"certificate {key}: holds a private key, not a certificate; SSLCertificateFile wants the PEM "
+        "certificate (leaf first, then its chain)",
+        f"certificate {good}: its SSLCertificateChainFile {csr} holds a certificate signing request "
+        "(CSR), not a certificate; it should hold PEM CA certificates",
+    ]
 
 
 def test_issuer_from_the_certificate_files_own_chain(tmp_path: Path) -> None:
