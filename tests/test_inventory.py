@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from ocspproxy.config import Config
 from ocspproxy.inventory import CertSource, build_inventory
+from tests.conftest import Proxy
 from tests.pki import Leaf, TestCA, pem
 from tests.upstream import Reply
 
@@ -215,3 +218,57 @@ async def test_apache_config_drives_the_inventory(tmp_path: Path, upstream, make
     assert list(proxy.daemon.inventory.targets) == [ca.cert_id(leaf.serial).key]
     answer = await proxy.post(ca.request(leaf.serial))
     assert answer.cert_status == "GOOD"
+
+
+def _warnings(err: str, event: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in lines if e["event"] == event]
+
+
+@pytest.mark.parametrize("given", ["nothing", "apache"])
+async def test_nothing_to_staple_is_said_once_with_why(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apache: Path | None = None
+    if given == "apache":
+        apache = tmp_path / "httpd.conf"
+        apache.write_text("<VirtualHost *:443>\n  SSLCertificateFiel /etc/ssl/a.pem\n</VirtualHost>\n")
+    config = Config(listen_port=0, state_dir=tmp_path / "state", apache_config=apache, watch_interval=0.5)
+    proxy = Proxy(config)
+    await proxy.start()
+    assert proxy.daemon is not None
+    for _ in range(3):  # watch passes that find nothing changed say nothing again
+        await proxy.daemon._compare_and_reload()
+    (said,) = _warnings(capsys.readouterr().err, "no certificates to keep stapled")
+    assert said["level"] == "warning"
+    if apache is None:
+        assert said["reason"] == "no --cert or certs, no --apache-config or apache_config given"
+        assert "misspelt" not in said
+    else:
+        assert said["reason"] == (
+            f"Apache configuration {apache} (1 file read) has no TLS virtual host: "
+            "no SSLCertificateFile in effect"
+        )
+        assert said["misspelt"] == [f"SSLCertificateFiel at {apache}:2 (mod_ssl has SSLCertificateFile)"]
+    await proxy.daemon.reload("SIGHUP")  # still true: said again
+    assert len(_warnings(capsys.readouterr().err, "no certificates to keep stapled")) == 1
+    await proxy.stop()
+
+
+async def test_apache_config_without_tls_next_to_cert_flags_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf = CA.leaf()
+    (tmp_path / "leaf.pem").write_bytes(pem(leaf.cert, CA.cert))
+    apache = tmp_path / "httpd.conf"
+    apache.write_text("Listen 80\n")
+    config = Config(
+        listen_port=0, state_dir=tmp_path / "state", certs=(str(tmp_path / "leaf.pem"),), apache_config=apache
+    )
+    proxy = Proxy(config)
+    await proxy.start()
+    err = capsys.readouterr().err
+    assert _warnings(err, "no certificates to keep stapled") == []
+    (said,) = _warnings(err, "no certificates from Apache's configuration")
+    assert said["reason"].startswith(f"Apache configuration {apache} (1 file read) has no TLS virtual host")
+    await proxy.stop()
