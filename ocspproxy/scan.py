@@ -30,7 +30,15 @@ from ocspproxy.inventory import (
 from ocspproxy.ocsp import CertKey, issuer_key_hash
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
 
-__all__ = ["Problem", "SiteReport", "force_url_conflicts", "scan_sites", "staple_state"]
+__all__ = [
+    "REASONS",
+    "Problem",
+    "SiteReport",
+    "attention",
+    "force_url_conflicts",
+    "scan_sites",
+    "staple_state",
+]
 
 MAX_STAPLE_BYTES = 1 << 20
 
@@ -54,7 +62,9 @@ class SiteReport:
     ocsp_url: str | None = None
     through_ocspproxy: bool = False  # SSLStaplingForceURL names ocspproxy
     stapling_possible: bool = False
-    staple_status: str | None = None  # good | revoked | unknown | expired | invalid | missing | unreadable
+    # good | revoked | unknown | expired | invalid | missing | unreadable, or none (no OCSP URL:
+    # nothing to staple); None when it cannot be told (no certificate or no issuer)
+    staple_status: str | None = None
     staple_next_update: datetime | None = None
     staple_file: Path | None = None
     problems: tuple[Problem, ...] = ()
@@ -224,18 +234,55 @@ def _report_site(
     url = override or url
     if url is None:
         problems.insert(0, _no_url())
+        return replace(
+            report, issuer=issuer.subject.rfc4514_string(), staple_status="none", problems=tuple(problems)
+        )
     key = CertKey(alg="sha1", issuer_key_hash=issuer_hash, serial=leaf.serial_number)
     status, next_update, path = staple_state(state_dir, key, issuer, now=now, skew=skew)
     return replace(
         report,
         issuer=issuer.subject.rfc4514_string(),
         ocsp_url=url,
-        stapling_possible=url is not None and not any(p.kind == "https_force_url" for p in problems),
+        stapling_possible=not any(p.kind == "https_force_url" for p in problems),
         staple_status=status,
         staple_next_update=next_update,
         staple_file=path,
         problems=tuple(problems),
     )
+
+
+# What needs attention, in the order the summary names it: staples, then problems, then stapling.
+_STAPLE_REASONS = {
+    "revoked": "revoked",
+    "expired": "expired",
+    "invalid": "invalid staple",
+    "unknown": "unknown to the CA",
+    "missing": "missing staple",
+    "unreadable": "unreadable staple",
+}
+_PROBLEM_REASONS = {
+    "unreadable_certificate": "unreadable certificate",
+    "not_a_certificate": "not a certificate",
+    "no_issuer": "no issuer",
+    "no_ocsp_url": "no OCSP URL",
+    "https_force_url": "https:// ForceURL",
+    "force_url_conflict": "ForceURL conflict",
+    "unreadable_file": "unreadable chain or CA file",
+}
+REASONS = (*_STAPLE_REASONS.values(), *_PROBLEM_REASONS.values(), "stapling off", "not through ocspproxy")
+
+
+def attention(report: SiteReport) -> tuple[str, ...]:
+    """Why a site needs attention, in ``REASONS`` order; empty when Apache staples a good, current
+    response through ocspproxy for it and nothing is wrong."""
+    found = {_PROBLEM_REASONS.get(p.kind, p.kind) for p in report.problems}
+    if report.staple_status in _STAPLE_REASONS:
+        found.add(_STAPLE_REASONS[report.staple_status])
+    if not report.site.use_stapling:
+        found.add("stapling off")
+    elif not report.through_ocspproxy:
+        found.add("not through ocspproxy")
+    return tuple(sorted(found, key=lambda r: REASONS.index(r) if r in REASONS else len(REASONS)))
 
 
 def _serial_hex(serial: int) -> str:

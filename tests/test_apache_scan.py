@@ -225,7 +225,7 @@ def test_json_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         ["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state), "--json"]
     )
-    assert status == 0
+    assert status == 1  # the tree has a site for every problem: the exit status says so with --json too
     sites = json.loads(capsys.readouterr().out)
     assert len(sites) == 11
     assert all(set(site) >= REQUIRED_KEYS for site in sites)
@@ -239,23 +239,29 @@ def test_json_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     lonely = next(s for s in sites if s["server_name"] == "lonely.example")
     assert lonely["issuer_found"] is False and lonely["issuer_source"] is None
     assert "AH02217" in lonely["problem"] and lonely["problems"][0]["kind"] == "no_issuer"
+    assert (first["attention"], first["reasons"]) == (False, [])
+    assert (lonely["attention"], lonely["reasons"]) == (True, ["no issuer", "not through ocspproxy"])
 
 
 def test_text_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)]) == 0
+    assert main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)]) == 1
     out = capsys.readouterr().out
     assert f"Apache configuration: {tree.main} (given with --apache-config; 3 files read)" in out
     assert "found in SSLCACertificatePath (CN=Test Issuing CA)" in out
     assert "AH02217" in out and "fix:" in out and "Let's Encrypt" in out
     assert "asks ocspproxy at http://127.0.0.1:2560/" in out
-    assert "11 TLS sites: 7 can staple through ocspproxy, 6 with problems." in out
+    assert out.rstrip().endswith(
+        "11 TLS sites: 0 stapled good through ocspproxy, 11 need attention (8 missing staple, "
+        "1 unreadable certificate, 1 no issuer, 1 no OCSP URL, 1 https:// ForceURL, 2 ForceURL conflict, "
+        "1 stapling off, 8 not through ocspproxy)."
+    )
 
 
 def test_config_sets_listen_and_state_dir(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     config = tree.root.parent / "ocspproxy.toml"
     config.write_text(f'listen = "127.0.0.1:2561"\nstate_dir = "{tree.state}"\n')
     tree.store("chain", tree.ca.respond(tree.leaves["chain"].serial))
-    assert main(["apache", "scan", "--apache-config", str(tree.main), "--config", str(config), "--json"]) == 0
+    assert main(["apache", "scan", "--apache-config", str(tree.main), "--config", str(config), "--json"]) == 1
     first = json.loads(capsys.readouterr().out)[0]
     assert first["staple_status"] == "good" and first["through_ocspproxy"] is False  # 2560 is not 2561
 
@@ -282,7 +288,7 @@ def test_apache_config_found_with_apachectl_v(tree: Tree) -> None:
         tools=Tools(ctl="/x/apachectl", control_names=("/x/apachectl",)),
     )
     assert (
-        scan_command(apache_config=None, state_dir=tree.state, config_file=None, as_json=False, ctx=ctx) == 0
+        scan_command(apache_config=None, state_dir=tree.state, config_file=None, as_json=False, ctx=ctx) == 1
     )
     assert calls == [["/x/apachectl", "-V"]]
     assert f"Apache configuration: {tree.main} (from apachectl -V;" in out[0]
@@ -383,3 +389,89 @@ def test_an_issuer_override_that_is_no_certificate_is_named(tree: Tree) -> None:
     scan_command(apache_config=tree.main, state_dir=tree.state, config_file=config, as_json=True, ctx=ctx)
     warning = f"ocspproxy: warning: [[issuer]] certificate {key}: holds a private key, not a certificate"
     assert err == [warning]
+
+
+def _stapling_site(tmp_path: Path, ca: TestCA, names: list[str]) -> tuple[Path, dict[str, Leaf]]:
+    """An Apache config stapling every site through ocspproxy, one vhost per name (nourl*: no URL)."""
+    leaves: dict[str, Leaf] = {}
+    vhosts = []
+    for name in names:
+        leaf = leaves[name] = ca.leaf(
+            f"{name}.example", ocsp_url=None if name.startswith("nourl") else "default"
+        )
+        (tmp_path / f"{name}.pem").write_bytes(pem(leaf.cert, ca.cert))
+        vhosts.append(
+            f"<VirtualHost *:443>\nServerName {name}.example\nSSLCertificateFile {name}.pem\n</VirtualHost>\n"
+        )
+    main_file = tmp_path / "httpd.conf"
+    main_file.write_text(f"SSLUseStapling on\nSSLStaplingForceURL {PROXY}\n" + "".join(vhosts))
+    return main_file, leaves
+
+
+def _store(state: Path, ca: TestCA, leaf: Leaf, der: bytes) -> None:
+    state.mkdir(exist_ok=True)
+    key = CertKey(alg="sha1", issuer_key_hash=issuer_key_hash(ca.cert, "sha1"), serial=leaf.serial)
+    (state / f"{key}.der").write_bytes(der)
+
+
+def test_summary_and_exit_status_say_what_needs_attention(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA(ocsp_url="http://ocsp.ca.example/")
+    main_file, leaves = _stapling_site(tmp_path, ca, ["good", "revoked", "nourl"])
+    state = tmp_path / "state"
+    _store(state, ca, leaves["good"], ca.respond(leaves["good"].serial))
+    _store(state, ca, leaves["revoked"], ca.respond(leaves["revoked"].serial, status="revoked"))
+    args = ["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(state)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        "3 TLS sites: 1 stapled good through ocspproxy, 2 need attention (1 revoked, 1 no OCSP URL)."
+    )
+    nourl = out.split("nourl.example\n", 1)[1]
+    assert "  staple         none: the certificate has no OCSP URL, nothing to staple\n" in nourl
+    assert "nothing stored yet" not in out
+
+    assert main([*args, "--json"]) == 1
+    sites = json.loads(capsys.readouterr().out)
+    assert [(s["attention"], s["reasons"]) for s in sites] == [
+        (False, []),
+        (True, ["revoked"]),
+        (True, ["no OCSP URL"]),
+    ]
+    assert sites[2]["staple_status"] == "none"
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    expired = ca.respond(leaves["revoked"].serial, this_update=now - dt.timedelta(hours=2))
+    _store(state, ca, leaves["revoked"], expired)
+    assert main(args) == 1
+    assert "2 need attention (1 expired, 1 no OCSP URL)." in capsys.readouterr().out
+
+
+def test_exit_status_0_when_every_site_staples_good_through_ocspproxy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA(ocsp_url="http://ocsp.ca.example/")
+    main_file, leaves = _stapling_site(tmp_path, ca, ["one", "two"])
+    state = tmp_path / "state"
+    for leaf in leaves.values():
+        _store(state, ca, leaf, ca.respond(leaf.serial))
+    args = ["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(state)]
+    assert main(args) == 0
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith("2 TLS sites: 2 stapled good through ocspproxy, 0 need attention.")
+    )
+    assert main([*args, "--json"]) == 0
+    assert [s["attention"] for s in json.loads(capsys.readouterr().out)] == [False, False]
+
+
+def test_help_names_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["apache", "scan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "exit status: 0 every TLS site staples a good, current response through ocspproxy; 1 at least" in text
+    )
+    assert "2 the input was unusable" in text
