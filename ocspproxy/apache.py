@@ -13,7 +13,7 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -96,6 +96,9 @@ class TLSSite:
     ca_certificate_path: Path | None
     stapling_force_url: str | None
     use_stapling: bool | None  # None when SSLUseStapling is not set
+    # where the <VirtualHost> section opens (None for the main server): shown, not part of identity
+    vhost_file: Path | None = field(default=None, compare=False)
+    vhost_line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +136,8 @@ class _Scope:
     """Settings of one <VirtualHost>, or of the main server (vhost "_default_")."""
 
     vhost: str
+    file: Path | None = None  # where the <VirtualHost> opens
+    line: int | None = None
     server_name: str | None = None
     engine: str | None = None
     chain_file: Path | None = None
@@ -321,7 +326,7 @@ class _Reader:
                     raise ApacheConfigError("<VirtualHost> cannot be nested in another section", path, number)
                 if not args:
                     raise ApacheConfigError("<VirtualHost> needs an address", path, number)
-                scope = _Scope(vhost=" ".join(args))
+                scope = _Scope(vhost=" ".join(args), file=path, line=number)
             elif not conditional:
                 scope = None  # <Directory>, <Location>, <Files>, ...: no server-level directives
         if skipping is not None:
@@ -426,6 +431,8 @@ class _Reader:
                 ca_certificate_path=_inherit(scope.ca_certificate_path, main.ca_certificate_path),
                 stapling_force_url=_inherit(scope.stapling_force_url, main.stapling_force_url),
                 use_stapling=_inherit(scope.use_stapling, main.use_stapling),
+                vhost_file=scope.file,
+                vhost_line=scope.line,
             )
             for scope, path, line, certificate in self.certs
             if _inherit(scope.engine, main.engine) != "off"  # httpd serves no TLS there

@@ -84,10 +84,12 @@ def _staple(r: SiteReport) -> str:
 def _block(r: SiteReport) -> list[str]:
     site = r.site
     title = site.server_name or "(no ServerName)"
+    vhost = "main server" if site.vhost == "_default_" else f"<VirtualHost {site.vhost}>"
+    if site.vhost_file is not None:
+        vhost += f" at {site.vhost_file}:{site.vhost_line}"
     rows = [
-        ("vhost", f"<VirtualHost {site.vhost}>" if site.vhost != "_default_" else "main server"),
-        ("defined at", f"{site.config_file}:{site.line}"),
-        ("certificate", str(site.certificate_file)),
+        ("vhost", vhost),
+        ("certificate", f"{site.certificate_file} (SSLCertificateFile at {site.config_file}:{site.line})"),
     ]
     if r.subject is not None:
         rows += [("subject", r.subject), ("serial", r.serial or "")]

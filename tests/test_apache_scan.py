@@ -475,3 +475,17 @@ def test_help_names_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> Non
         "exit status: 0 every TLS site staples a good, current response through ocspproxy; 1 at least" in text
     )
     assert "2 the input was unusable" in text
+
+
+def test_text_names_where_the_vhost_opens_and_where_its_certificate_is_set(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)])
+    out = capsys.readouterr().out
+    sites = tree.root / "sites-enabled" / "sites.conf"
+    chain = out.split("chain.example\n", 1)[1]
+    assert chain.startswith(
+        f"  vhost          <VirtualHost *:443> at {sites}:2\n"
+        f"  certificate    {tree.root / 'certs' / 'chain.pem'} (SSLCertificateFile at {sites}:5)\n"
+    )
+    assert "defined at" not in out
