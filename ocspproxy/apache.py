@@ -7,16 +7,17 @@ Certificate files are never opened.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import fnmatch
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["ApacheConfig", "ApacheConfigError", "TLSSite", "read_apache_config"]
+__all__ = ["ApacheConfig", "ApacheConfigError", "Misspelling", "TLSSite", "read_apache_config"]
 
 _MAX_DEPTH = 64
 _WS = " \t\r\n\v\f"  # httpd's apr_isspace is ASCII-only
@@ -39,6 +40,33 @@ _PATH_DIRECTIVES = {
     "sslcacertificatefile": "ca_certificate_file",
     "sslcacertificatepath": "ca_certificate_path",
 }
+# mod_ssl's directives in httpd 2.4: an unknown SSL* name close to one of these is likely a typo that
+# leaves a vhost without what it was meant to set.
+# fmt: off
+_MOD_SSL_NAMES = (
+    "SSLCACertificateFile", "SSLCACertificatePath", "SSLCADNRequestFile", "SSLCADNRequestPath",
+    "SSLCARevocationCheck", "SSLCARevocationFile", "SSLCARevocationPath", "SSLCertificateChainFile",
+    "SSLCertificateFile", "SSLCertificateKeyFile", "SSLCipherSuite", "SSLCompression",
+    "SSLCryptoDevice", "SSLEngine", "SSLFIPS", "SSLHonorCipherOrder", "SSLInsecureRenegotiation",
+    "SSLOCSPDefaultResponder", "SSLOCSPEnable", "SSLOCSPNoverify", "SSLOCSPOverrideResponder",
+    "SSLOCSPProxyURL", "SSLOCSPResponderCertificateFile", "SSLOCSPResponderTimeout",
+    "SSLOCSPResponseMaxAge", "SSLOCSPResponseTimeSkew", "SSLOCSPUseRequestNonce", "SSLOpenSSLConfCmd",
+    "SSLOptions", "SSLPassPhraseDialog", "SSLProtocol", "SSLProxyCACertificateFile",
+    "SSLProxyCACertificatePath", "SSLProxyCARevocationCheck", "SSLProxyCARevocationFile",
+    "SSLProxyCARevocationPath", "SSLProxyCheckPeerCN", "SSLProxyCheckPeerExpire",
+    "SSLProxyCheckPeerName", "SSLProxyCipherSuite", "SSLProxyEngine",
+    "SSLProxyMachineCertificateChainFile", "SSLProxyMachineCertificateFile",
+    "SSLProxyMachineCertificatePath", "SSLProxyProtocol", "SSLProxyVerify", "SSLProxyVerifyDepth",
+    "SSLRandomSeed", "SSLRenegBufferSize", "SSLRequire", "SSLRequireSSL", "SSLSessionCache",
+    "SSLSessionCacheTimeout", "SSLSessionTicketKeyFile", "SSLSessionTickets", "SSLSRPUnknownUserSeed",
+    "SSLSRPVerifierFile", "SSLStaplingCache", "SSLStaplingErrorCacheTimeout", "SSLStaplingFakeTryLater",
+    "SSLStaplingForceURL", "SSLStaplingResponderTimeout", "SSLStaplingResponseMaxAge",
+    "SSLStaplingResponseTimeSkew", "SSLStaplingReturnResponderErrors",
+    "SSLStaplingStandardCacheTimeout", "SSLStrictSNIVHostCheck", "SSLUserName", "SSLUseStapling",
+    "SSLVerifyClient", "SSLVerifyDepth", "SSLVHostSNIPolicy"
+)
+# fmt: on
+_MOD_SSL = {name.lower(): name for name in _MOD_SSL_NAMES}
 _T = TypeVar("_T")
 
 
@@ -68,6 +96,22 @@ class TLSSite:
     ca_certificate_path: Path | None
     stapling_force_url: str | None
     use_stapling: bool | None  # None when SSLUseStapling is not set
+    # where the <VirtualHost> section opens (None for the main server): shown, not part of identity
+    vhost_file: Path | None = field(default=None, compare=False)
+    vhost_line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Misspelling:
+    """A directive that mod_ssl does not know, spelt much like one it does (SSLCertificateFiel)."""
+
+    name: str  # as written
+    meant: str  # the mod_ssl directive it resembles
+    file: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.file}:{self.line} (mod_ssl has {self.meant})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +120,15 @@ class ApacheConfig:
     server_root: Path  # after any ServerRoot directive
     sites: tuple[TLSSite, ...]  # in config order
     files_read: tuple[Path, ...]  # every file read (envvars included), in order, each once
+    misspellings: tuple[Misspelling, ...] = ()  # in sections httpd reads, in config order
+
+    def no_sites(self) -> str:
+        """Why there is no site, for a warning: what was read, and what was found instead."""
+        count = len(self.files_read)
+        return (
+            f"Apache configuration {self.main_file} ({count} file{'s' if count != 1 else ''} read) has "
+            "no TLS virtual host: no SSLCertificateFile in effect"
+        )
 
 
 @dataclass
@@ -83,6 +136,8 @@ class _Scope:
     """Settings of one <VirtualHost>, or of the main server (vhost "_default_")."""
 
     vhost: str
+    file: Path | None = None  # where the <VirtualHost> opens
+    line: int | None = None
     server_name: str | None = None
     engine: str | None = None
     chain_file: Path | None = None
@@ -206,6 +261,7 @@ class _Reader:
         self.stack: list[str] = []  # real paths of the files being read, for the recursion guard
         self.main = _Scope(vhost="_default_")
         self.certs: list[tuple[_Scope, Path, int, Path]] = []
+        self.misspellings: list[Misspelling] = []
 
     def path(self, arg: str) -> Path:
         return Path(os.path.normpath(os.path.join(self.server_root, arg)))
@@ -270,7 +326,7 @@ class _Reader:
                     raise ApacheConfigError("<VirtualHost> cannot be nested in another section", path, number)
                 if not args:
                     raise ApacheConfigError("<VirtualHost> needs an address", path, number)
-                scope = _Scope(vhost=" ".join(args))
+                scope = _Scope(vhost=" ".join(args), file=path, line=number)
             elif not conditional:
                 scope = None  # <Directory>, <Location>, <Files>, ...: no server-level directives
         if skipping is not None:
@@ -306,6 +362,8 @@ class _Reader:
             return args[0]
 
         key = name.lower()
+        if key.startswith("ssl") and key not in _MOD_SSL:
+            self.misspelt(name, path, line)
         if key == "serverroot":
             self.server_root = self.path(one())
         elif key == "define":
@@ -340,6 +398,11 @@ class _Reader:
                 raise ApacheConfigError(f"{name} must be On or Off", path, line)
             scope.use_stapling = flag == "on"
 
+    def misspelt(self, name: str, path: Path, line: int) -> None:
+        close = difflib.get_close_matches(name.lower(), _MOD_SSL, n=1, cutoff=0.75)
+        if close:
+            self.misspellings.append(Misspelling(name=name, meant=_MOD_SSL[close[0]], file=path, line=line))
+
     def include(self, name: str, arg: str, scope: _Scope | None, path: Path, line: int) -> None:
         optional = name.lower() == "includeoptional"
         target = self.path(arg)
@@ -368,6 +431,8 @@ class _Reader:
                 ca_certificate_path=_inherit(scope.ca_certificate_path, main.ca_certificate_path),
                 stapling_force_url=_inherit(scope.stapling_force_url, main.stapling_force_url),
                 use_stapling=_inherit(scope.use_stapling, main.use_stapling),
+                vhost_file=scope.file,
+                vhost_line=scope.line,
             )
             for scope, path, line, certificate in self.certs
             if _inherit(scope.engine, main.engine) != "off"  # httpd serves no TLS there
@@ -408,4 +473,5 @@ def read_apache_config(
         server_root=reader.server_root,
         sites=reader.sites(),
         files_read=tuple(reader.files_read),
+        misspellings=tuple(reader.misspellings),
     )

@@ -2,6 +2,8 @@
 
 Each command returns its exit status: 0 done, 1 the change was refused by Apache's config test (and
 undone) or the reload failed, 2 the input was unusable (nothing found, nothing read, nothing changed).
+``scan``: 0 every TLS site staples a good, current response through ocspproxy, 1 at least one needs
+attention (``scan.attention``), 2 the input was unusable.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from ocspproxy.apachectl import (
 )
 from ocspproxy.config import Config, ConfigError, load_config
 from ocspproxy.install_flow import InstallRequest, run_install
-from ocspproxy.inventory import load_certificates
-from ocspproxy.scan import scan_sites
+from ocspproxy.inventory import NotACertificate, load_certificates
+from ocspproxy.scan import attention, scan_sites
 from ocspproxy.scan_render import render_text, to_json
 from ocspproxy.snippet import SnippetError, check_proxy_url, proxy_url_for, render_snippet
 
@@ -119,7 +121,8 @@ def _issuer_overrides(config: Config, ctx: Context) -> list[tuple[x509.Certifica
         try:
             out += [(cert, url) for cert in load_certificates(path)]
         except (OSError, ValueError) as exc:
-            ctx.err(f"ocspproxy: warning: [[issuer]] certificate {path}: unreadable ({exc})")
+            what = exc.what if isinstance(exc, NotACertificate) else f"unreadable ({exc})"
+            ctx.err(f"ocspproxy: warning: [[issuer]] certificate {path}: {what}")
     return out
 
 
@@ -156,7 +159,7 @@ def scan_command(
                 state_dir=config.state_dir,
             )
             ctx.out(text.rstrip("\n"))
-        return 0
+        return 1 if any(attention(r) for r in reports) else 0
 
     return _guarded(run, ctx)
 

@@ -31,6 +31,7 @@ __all__ = [
     "parse_compiled_config",
     "reload_commands",
     "run_command",
+    "systemd_booted",
 ]
 
 #: where distributions put the main configuration, tried after ``-V``
@@ -84,12 +85,23 @@ class Tools:
 
     ctl: str | None = None  # apachectl / apache2ctl
     httpd: str | None = None  # apache2 / httpd
-    systemctl: str | None = None
+    systemctl: str | None = None  # only where systemd is the running init
     control_names: tuple[str, ...] = field(default=())  # every *ctl found, for -V
 
 
-def discover_tools(which: Callable[[str, str], str | None] | None = None) -> Tools:
-    """Look for Apache's programs on PATH and in the sbin directories (often not on a user's PATH)."""
+def systemd_booted(marker: Path = Path("/run/systemd/system")) -> bool:
+    """Whether systemd is the running init, as sd_booted(3) tells: its runtime directory exists.
+    A container or a SysV host may have systemctl installed all the same ("System has not been
+    booted with systemd")."""
+    return marker.is_dir()
+
+
+def discover_tools(
+    which: Callable[[str, str], str | None] | None = None, *, booted: Callable[[], bool] = systemd_booted
+) -> Tools:
+    """Look for Apache's programs on PATH and in the sbin directories (often not on a user's PATH);
+    systemctl only where systemd runs (``booted``), so that a reload goes straight to apachectl
+    elsewhere."""
 
     def find(name: str) -> str | None:
         if which is not None:
@@ -101,7 +113,7 @@ def discover_tools(which: Callable[[str, str], str | None] | None = None) -> Too
     return Tools(
         ctl=controls[0] if controls else None,
         httpd=httpd,
-        systemctl=find("systemctl"),
+        systemctl=find("systemctl") if booted() else None,
         control_names=controls,
     )
 

@@ -26,7 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:2560)")
     serve.add_argument(
-        "--state-dir", type=Path, help="where staples persist ($STATE_DIRECTORY, else per-user)"
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where staples persist (default: $STATE_DIRECTORY, else /var/lib/ocspproxy for root, "
+        "else $XDG_STATE_HOME/ocspproxy, else ~/.local/state/ocspproxy)",
     )
     serve.add_argument(
         "--cert",
@@ -56,7 +60,14 @@ def _apache_parser(apache: argparse.ArgumentParser) -> None:
     actions = apache.add_subparsers(dest="action", required=True)
     config_help = "ocspproxy's TOML configuration (listen, state_dir, answer_budget)"
     apache_help = "Apache's main configuration file (default: from apachectl -V, or the usual places)"
-    scan = actions.add_parser("scan", help="list TLS virtual hosts and whether they can staple")
+    scan = actions.add_parser(
+        "scan",
+        help="list TLS virtual hosts and whether they can staple",
+        epilog="exit status: 0 every TLS site staples a good, current response through ocspproxy; "
+        "1 at least one needs attention (a revoked, expired, invalid, missing or unreadable staple, "
+        'stapling off or not through ocspproxy, or a PROBLEM line; "attention" in --json); '
+        "2 the input was unusable (a configuration not found or unreadable)",
+    )
     scan.add_argument("--apache-config", type=Path, metavar="FILE", help=apache_help)
     scan.add_argument("--state-dir", type=Path, help="ocspproxy's state directory (as for serve)")
     scan.add_argument("--config", type=Path, metavar="FILE", help=config_help)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,18 +29,52 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def default_state_dir(env: Mapping[str, str] = os.environ, *, root: bool | None = None) -> Path:
-    """systemd's $STATE_DIRECTORY, else /var/lib/ocspproxy for root, else the XDG per-user one.
+def _passwd_home(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return None
+
+
+def _usable_home(path: str) -> bool:
+    return os.path.isabs(path) and path != "/" and os.path.isdir(path)
+
+
+def default_state_dir(
+    env: Mapping[str, str] = os.environ,
+    *,
+    root: bool | None = None,
+    passwd_home: Callable[[int], str | None] | None = None,
+) -> Path:
+    """systemd's $STATE_DIRECTORY, else /var/lib/ocspproxy for root, else the XDG per-user one:
+    $XDG_STATE_HOME/ocspproxy, else ~/.local/state/ocspproxy with ~ from $HOME or, when that is not
+    set, from the password database.
 
     The root default is where the systemd unit's StateDirectory= lives, so `ocspproxy apache scan`
-    run by an administrator finds the service's staples.
+    run by an administrator finds the service's staples. Raises ConfigError when there is no home to
+    put it in (a guessed directory the service cannot create would only run it from memory).
     """
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
     if root if root is not None else os.geteuid() == 0:
         return Path("/var/lib/ocspproxy")
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/var/lib")) / ".local" / "state")
-    return Path(base) / "ocspproxy"
+    xdg = env.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "ocspproxy"
+    home = env.get("HOME", "")
+    if os.path.isabs(home) and home != "/":
+        return Path(home) / ".local" / "state" / "ocspproxy"
+    uid = os.geteuid()
+    account = (passwd_home or _passwd_home)(uid)
+    if account is not None and _usable_home(account):
+        return Path(account) / ".local" / "state" / "ocspproxy"
+    if account is None:
+        why = f"user {uid} has no entry in the password database"
+    else:
+        what = "the root directory" if account == "/" else "not a directory"
+        why = f"the password database gives user {uid} the home directory {account}, {what}"
+    unset = "HOME is not set" if not home else f"HOME is {home}"
+    raise ConfigError("state_dir", f"no default: {unset} and {why}; give --state-dir DIR")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,8 +285,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
         values["listen_host"], values["listen_port"] = parse_listen(listen)
     if "issuers" in values:
         values["issuers"] = tuple(Path(p) for p in values["issuers"])
-    if "state_dir" in values:
-        values["state_dir"] = Path(values["state_dir"])
+    # Computed here, not as the dataclass default alone: a missing home is a ConfigError the
+    # callers report on one line.
+    values["state_dir"] = Path(values["state_dir"]) if "state_dir" in values else default_state_dir()
     if "apache_config" in values:
         values["apache_config"] = Path(values["apache_config"])
     config = Config(**values)

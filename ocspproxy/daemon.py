@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from cryptography import x509
 
-from ocspproxy.apache import ApacheConfigError, read_apache_config
+from ocspproxy.apache import ApacheConfig, ApacheConfigError, read_apache_config
 from ocspproxy.certindex import CertIndex, read_index, write_index
 from ocspproxy.channel import IssuerRow
 from ocspproxy.config import Config, ConfigError
@@ -36,7 +36,7 @@ from ocspproxy.upstream import Fetcher
 from ocspproxy.watch import DirectoryWatch
 from ocspproxy.workers import PoolSettings, WorkerPool
 
-__all__ = ["Daemon", "certificate_sources", "read_inventory", "utcnow"]
+__all__ = ["Daemon", "Sources", "certificate_sources", "read_inventory", "utcnow"]
 
 log = structlog.get_logger("ocspproxy")
 
@@ -45,45 +45,77 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def certificate_sources(config: Config) -> tuple[list[CertSource], tuple[Path, ...]]:
+class Sources(NamedTuple):
+    """Where the certificates to keep stapled come from, as the configuration names them."""
+
+    certs: list[CertSource]
+    apache_files: tuple[Path, ...]  # Apache's configuration files read
+    # The fields of a warning when the configuration names no certificate: what was read and why
+    # nothing was found. None when it names some.
+    unstapled: dict[str, Any] | None
+
+
+def certificate_sources(config: Config) -> Sources:
     """The certificate files to keep stapled, from --cert and Apache's config, and the Apache files
     read. Raises ConfigError when Apache's configuration cannot be read at all."""
     sources = [CertSource(path=p) for p in config.certs]
-    apache_files: tuple[Path, ...] = ()
-    if config.apache_config is not None:
-        try:
-            apache = read_apache_config(config.apache_config)
-        except (ApacheConfigError, OSError) as exc:
-            raise ConfigError("apache_config", str(exc)) from exc
-        apache_files = apache.files_read
-        seen: set[Path] = set()
-        for site in apache.sites:
-            if site.certificate_file in seen:
-                continue  # several vhosts may share one certificate
-            seen.add(site.certificate_file)
-            sources.append(
-                CertSource(
-                    path=str(site.certificate_file),
-                    chain_file=site.chain_file,
-                    ca_file=site.ca_certificate_file,
-                    ca_path=site.ca_certificate_path,
-                )
+    if config.apache_config is None:
+        return Sources(sources, (), _unstapled(config, None))
+    try:
+        apache = read_apache_config(config.apache_config)
+    except (ApacheConfigError, OSError) as exc:
+        raise ConfigError("apache_config", str(exc)) from exc
+    seen: set[Path] = set()
+    for site in apache.sites:
+        if site.certificate_file in seen:
+            continue  # several vhosts may share one certificate
+        seen.add(site.certificate_file)
+        sources.append(
+            CertSource(
+                path=str(site.certificate_file),
+                chain_file=site.chain_file,
+                ca_file=site.ca_certificate_file,
+                ca_path=site.ca_certificate_path,
+                named_by="SSLCertificateFile",
             )
-    return sources, apache_files
+        )
+    return Sources(sources, apache.files_read, _unstapled(config, apache))
 
 
-def read_inventory(config: Config) -> tuple[Inventory, tuple[Path, ...]]:
-    """Certificates from --cert and from Apache's config. Returns the inventory and the Apache files read.
+def _unstapled(config: Config, apache: ApacheConfig | None) -> dict[str, Any] | None:
+    """The warning when nothing names a certificate (a service with nothing to do says why), or
+    when Apache's configuration, given, names none: then with the directives that look misspelt."""
+    if apache is None:
+        if config.certs:
+            return None
+        return {
+            "event": "no certificates to keep stapled",
+            "reason": "no --cert or certs, no --apache-config or apache_config given",
+        }
+    if apache.sites:
+        return None
+    event = (
+        "no certificates from Apache's configuration" if config.certs else "no certificates to keep stapled"
+    )
+    fields: dict[str, Any] = {"event": event, "reason": apache.no_sites()}
+    if apache.misspellings:
+        fields["misspelt"] = [str(m) for m in apache.misspellings]
+    return fields
+
+
+def read_inventory(config: Config) -> tuple[Inventory, Sources]:
+    """Certificates from --cert and from Apache's config. Returns the inventory and where they came
+    from (the Apache files read among it).
 
     Unchanged certificate files are known from the index kept in the state directory (only stat-ed),
     which is updated afterwards; an index that cannot be read or written costs only speed.
     Raises ConfigError when Apache's configuration cannot be read at all.
     """
-    sources, apache_files = certificate_sources(config)
+    sources = certificate_sources(config)
     index = read_index(config.state_dir)
-    inventory = run_steps(_inventory_steps(config, sources, index))
+    inventory = run_steps(_inventory_steps(config, sources.certs, index))
     write_index(config.state_dir, index)
-    return inventory, apache_files
+    return inventory, sources
 
 
 def _inventory_steps(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
@@ -154,12 +186,13 @@ class Daemon:
         self.config = config
         self._reread = reread  # reads the configuration again (file + the same flags) on reload
         # The store first: it creates the state directory, where the certificate index is kept.
-        store = FileStore(config.state_dir)  # never fails: an unusable directory is logged, retried
+        self._store = store = FileStore(config.state_dir)  # never fails: an unusable one is logged, retried
         # What the configuration names is read now (a broken Apache config stops the start); the
         # certificate files themselves after the listener opens (see run). Until then the
         # inventory holds the issuers known without them.
-        self._sources, self._apache_files = certificate_sources(config)
-        self._index = read_index(config.state_dir)
+        self._sources, self._apache_files, self._unstapled = certificate_sources(config)
+        # No index to read in a directory reported unusable (said once, by the store).
+        self._index = read_index(config.state_dir) if store.usable else CertIndex()
         self.inventory = early_inventory(self._sources, config.issuers, dict(config.issuer_urls), self._index)
         self.fetcher = Fetcher(config.upstream)
         self.staples = Staples(
@@ -209,6 +242,9 @@ class Daemon:
         )
 
     def _report(self, inventory: Inventory) -> None:
+        """At start-up and on each reload (a watch pass reloads only when a file changed)."""
+        if self._unstapled is not None:
+            log.warning(**self._unstapled)
         for problem in inventory.problems:
             log.warning("inventory", problem=problem)
         log.info(
@@ -313,7 +349,8 @@ class Daemon:
         with _without_cycle_collection():
             config = self.config
             inventory = await run_in_slices(_inventory_steps(config, self._sources, self._index))
-            await asyncio.to_thread(write_index, config.state_dir, self._index)
+            if self._store.usable:
+                await asyncio.to_thread(write_index, config.state_dir, self._index)
             self._index = CertIndex()  # its rows are not needed again: a reload reads the written one
             self.inventory = inventory
             self._report(inventory)
@@ -401,7 +438,7 @@ class Daemon:
         await self.loaded.wait()  # a reload compares with the full inventory
         try:
             config = await asyncio.to_thread(self._reread) if self._reread else self.config
-            inventory, apache_files = await asyncio.to_thread(read_inventory, config)
+            inventory, sources = await asyncio.to_thread(read_inventory, config)
         except ConfigError as exc:
             log.error("reload failed; keeping the previous configuration", reason=reason, error=str(exc))
             return
@@ -413,7 +450,8 @@ class Daemon:
                 )
                 inventory.targets[key] = target
                 inventory.add_issuer(target.issuer)
-        self.inventory, self._apache_files = inventory, apache_files
+        self.inventory, self._apache_files = inventory, sources.apache_files
+        self._unstapled = sources.unstapled
         self._report(inventory)
         if self.pool is not None:
             self.pool.issuers(self._issuer_rows())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocspproxy.apachectl import Command, Layout, Runner
+from ocspproxy.apachectl import Command, Layout, Runner, RunResult
 
 __all__ = [
     "FILE_NAME",
@@ -274,13 +274,25 @@ def stapling_warnings(directives: Sequence[Directive], proxy_url: str) -> list[s
 def run_first(
     commands: Sequence[Command], *, runner: Runner, timeout: float, out: Callable[[str], None]
 ) -> bool:
-    """Run commands in turn until one succeeds; print each attempt. False when none did."""
+    """Run commands in turn until one succeeds, printing each attempt and the output of the one that
+    succeeded. What the failed ones printed is shown only when every one failed: an error from a
+    method that does not fit the host is noise when the next one works. False when none did."""
+    failed: list[tuple[Command, RunResult]] = []
     for command in commands:
         out(f"running: {command.shown()}")
         result = runner(command.argv, env=command.env, timeout=timeout)
-        for line in result.output.rstrip().splitlines():
-            out(f"  | {line}")
         if result.returncode == 0:
+            _show_output(result, out)
             return True
+        failed.append((command, result))
+    for command, result in failed:
+        if len(failed) > 1:
+            out(f"failed: {command.shown()}")
+        _show_output(result, out)
         out(f"  exit status {result.returncode}")
     return False
+
+
+def _show_output(result: RunResult, out: Callable[[str], None]) -> None:
+    for line in result.output.rstrip().splitlines():
+        out(f"  | {line}")

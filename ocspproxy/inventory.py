@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "CertSource",
     "Inventory",
     "Issuer",
+    "NotACertificate",
     "Target",
     "build_inventory",
     "build_steps",
@@ -46,6 +48,20 @@ class CertSource:
     chain_file: Path | None = None
     ca_file: Path | None = None
     ca_path: Path | None = None
+    named_by: str = "--cert"  # or "SSLCertificateFile": what a problem with the file points at
+
+    def problem(self, path: str, exc: NotACertificate) -> str:
+        """The inventory's report of a file of this source that holds no certificate."""
+        if exc.path != path:
+            directive = (
+                "SSLCertificateChainFile" if exc.path == str(self.chain_file) else "SSLCACertificateFile"
+            )
+            wanted = "it should hold PEM CA certificates"
+            return f"certificate {path}: its {directive} {exc.path} {exc.what}; {wanted}"
+        wanted = "the PEM certificate (leaf first, then its chain)"
+        if self.named_by == "--cert":
+            wanted += " as in SSLCertificateFile"
+        return f"certificate {path}: {exc.what}; {self.named_by} wants {wanted}"
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -145,15 +161,53 @@ class Inventory:
         return CertKey(alg="sha1", issuer_key_hash=issuer.key_hashes["sha1"], serial=key.serial)
 
 
+class NotACertificate(ValueError):
+    """A file that holds no certificate. ``what`` says what it holds instead, in words an operator
+    knows ("holds a private key, not a certificate"): cryptography's parser text means nothing to
+    them."""
+
+    def __init__(self, path: str | Path, what: str, *, private_key: bool = False) -> None:
+        super().__init__(f"{path}: {what}")
+        self.path = str(path)
+        self.what = what
+        self.private_key = private_key
+
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
+
+
+def _not_a_certificate(path: str | Path, data: bytes) -> NotACertificate:
+    """What a file that parses as no certificate holds."""
+    if not data.strip():
+        return NotACertificate(path, "is empty")
+    labels = list(dict.fromkeys(m.decode() for m in _PEM_LABEL.findall(data)))
+    if not labels:
+        return NotACertificate(path, "is neither a PEM nor a DER certificate")
+    if "CERTIFICATE" in labels:
+        return NotACertificate(path, "holds a damaged PEM certificate (its content does not decode)")
+    if any(label.endswith("PRIVATE KEY") for label in labels):
+        return NotACertificate(path, "holds a private key, not a certificate", private_key=True)
+    if any(label.endswith("CERTIFICATE REQUEST") for label in labels):
+        return NotACertificate(path, "holds a certificate signing request (CSR), not a certificate")
+    blocks = "block" if len(labels) == 1 else "blocks"
+    return NotACertificate(path, f"holds a PEM {', '.join(labels)} {blocks}, not a certificate")
+
+
 def load_certificates(path: Path) -> list[x509.Certificate]:
-    return _parse_certificates(path.read_bytes())
+    """The certificates in a PEM (every CERTIFICATE block) or DER file. Raises OSError, or
+    NotACertificate."""
+    return _parse_certificates(path.read_bytes(), path)
 
 
-def _parse_certificates(data: bytes) -> list[x509.Certificate]:
+def _parse_certificates(data: bytes, path: str | Path) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
+        pass
+    try:
         return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise _not_a_certificate(path, data) from None
 
 
 def _read_with_stat(path: str | Path) -> tuple[bytes, os.stat_result]:
@@ -239,7 +293,7 @@ class _SharedFiles:
         if known is not None and known[0] == Stamp.of(st):
             return known[1], st
         data, st = _read_with_stat(path)
-        certs = _index(_parse_certificates(data))
+        certs = _index(_parse_certificates(data, path))
         self._files[path] = (Stamp.of(st), certs)
         return certs, st
 
@@ -315,12 +369,17 @@ def _configured_issuers(
     for path in issuer_files:
         try:
             pool.extend(load_certificates(path))
+        except NotACertificate as exc:
+            inv.problems.append(f"issuer file {path}: {exc.what}; --issuers wants PEM CA certificates")
         except (OSError, ValueError) as exc:
             inv.problems.append(f"issuer file {path}: unreadable ({exc})")
     for path, url in (overrides or {}).items():
         try:
             for cert in load_certificates(path):
                 inv.add_issuer(Issuer.of(cert, url))
+        except NotACertificate as exc:
+            wanted = "[[issuer]] certificate wants the issuing CA's PEM certificate"
+            inv.problems.append(f"issuer file {path}: {exc.what}; {wanted}")
         except (OSError, ValueError) as exc:
             inv.problems.append(f"issuer file {path}: unreadable ({exc})")
     for cert in pool:
@@ -412,7 +471,7 @@ def _add_certificate(
         if facts is None:
             data, st = _read_with_stat(path)
             stamp = Stamp.of(st)
-            certs = _parse_certificates(data)
+            certs = _parse_certificates(data, path)
         _saw(inv, path, st)
         extra: list[_Certs] = []
         for chain in (source.chain_file, source.ca_file):
@@ -427,10 +486,11 @@ def _add_certificate(
             # Issuers never come from the index: one not known yet means parsing the file.
             data, st = _read_with_stat(path)
             stamp = Stamp.of(st)
-            certs = _parse_certificates(data)
+            certs = _parse_certificates(data, path)
             _saw(inv, path, st)
     except (OSError, ValueError) as exc:
-        inv.problems.append(f"certificate {path}: unreadable ({exc})")
+        problem = source.problem(path, exc) if isinstance(exc, NotACertificate) else None
+        inv.problems.append(problem or f"certificate {path}: unreadable ({exc})")
         inv.unreadable.add(path)
         return False
     if issuer is None:

@@ -20,19 +20,33 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as x509_ocsp
 
 from ocspproxy.apache import TLSSite
-from ocspproxy.inventory import ca_path_certificates, find_issuer, load_certificates, ocsp_url
+from ocspproxy.inventory import (
+    NotACertificate,
+    ca_path_certificates,
+    find_issuer,
+    load_certificates,
+    ocsp_url,
+)
 from ocspproxy.ocsp import CertKey, issuer_key_hash
 from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
 
-__all__ = ["Problem", "SiteReport", "force_url_conflicts", "scan_sites", "staple_state"]
+__all__ = [
+    "REASONS",
+    "Problem",
+    "SiteReport",
+    "attention",
+    "force_url_conflicts",
+    "scan_sites",
+    "staple_state",
+]
 
 MAX_STAPLE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:
-    kind: str  # unreadable_certificate | unreadable_file | no_issuer | no_ocsp_url | https_force_url
-    #          | force_url_conflict
+    kind: str  # unreadable_certificate | not_a_certificate | unreadable_file | no_issuer | no_ocsp_url
+    #          | https_force_url | force_url_conflict
     message: str
     fix: str | None = None
 
@@ -48,7 +62,9 @@ class SiteReport:
     ocsp_url: str | None = None
     through_ocspproxy: bool = False  # SSLStaplingForceURL names ocspproxy
     stapling_possible: bool = False
-    staple_status: str | None = None  # good | revoked | unknown | expired | invalid | missing | unreadable
+    # good | revoked | unknown | expired | invalid | missing | unreadable, or none (no OCSP URL:
+    # nothing to staple); None when it cannot be told (no certificate or no issuer)
+    staple_status: str | None = None
     staple_next_update: datetime | None = None
     staple_file: Path | None = None
     problems: tuple[Problem, ...] = ()
@@ -80,7 +96,8 @@ def _find_issuer(leaf: x509.Certificate, chain: Sequence[x509.Certificate], site
         try:
             candidates = read()
         except (OSError, ValueError) as exc:
-            problems.append(Problem(kind="unreadable_file", message=f"{source} {path}: unreadable ({exc})"))
+            what = exc.what if isinstance(exc, NotACertificate) else f"unreadable ({exc})"
+            problems.append(Problem(kind="unreadable_file", message=f"{source} {path}: {what}"))
             continue
         found = find_issuer(leaf, candidates)
         if found is not None:
@@ -139,6 +156,16 @@ def _no_issuer(site: TLSSite) -> Problem:
     )
 
 
+def _not_a_certificate(site: TLSSite, exc: NotACertificate) -> Problem:
+    key = "; the private key belongs in SSLCertificateKeyFile" if exc.private_key else ""
+    return Problem(
+        kind="not_a_certificate",
+        message=f"certificate file {site.certificate_file} {exc.what}",
+        fix=f"point SSLCertificateFile at the PEM certificate (leaf first, then its chain){key} "
+        "(Apache will not start with it either)",
+    )
+
+
 def _no_url() -> Problem:
     return Problem(
         kind="no_ocsp_url",
@@ -172,6 +199,9 @@ def _report_site(
         )
     try:
         chain = load_certificates(site.certificate_file)
+    except NotACertificate as exc:
+        problems.insert(0, _not_a_certificate(site, exc))
+        return replace(base, problems=tuple(problems))
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.insert(
@@ -204,18 +234,55 @@ def _report_site(
     url = override or url
     if url is None:
         problems.insert(0, _no_url())
+        return replace(
+            report, issuer=issuer.subject.rfc4514_string(), staple_status="none", problems=tuple(problems)
+        )
     key = CertKey(alg="sha1", issuer_key_hash=issuer_hash, serial=leaf.serial_number)
     status, next_update, path = staple_state(state_dir, key, issuer, now=now, skew=skew)
     return replace(
         report,
         issuer=issuer.subject.rfc4514_string(),
         ocsp_url=url,
-        stapling_possible=url is not None and not any(p.kind == "https_force_url" for p in problems),
+        stapling_possible=not any(p.kind == "https_force_url" for p in problems),
         staple_status=status,
         staple_next_update=next_update,
         staple_file=path,
         problems=tuple(problems),
     )
+
+
+# What needs attention, in the order the summary names it: staples, then problems, then stapling.
+_STAPLE_REASONS = {
+    "revoked": "revoked",
+    "expired": "expired",
+    "invalid": "invalid staple",
+    "unknown": "unknown to the CA",
+    "missing": "missing staple",
+    "unreadable": "unreadable staple",
+}
+_PROBLEM_REASONS = {
+    "unreadable_certificate": "unreadable certificate",
+    "not_a_certificate": "not a certificate",
+    "no_issuer": "no issuer",
+    "no_ocsp_url": "no OCSP URL",
+    "https_force_url": "https:// ForceURL",
+    "force_url_conflict": "ForceURL conflict",
+    "unreadable_file": "unreadable chain or CA file",
+}
+REASONS = (*_STAPLE_REASONS.values(), *_PROBLEM_REASONS.values(), "stapling off", "not through ocspproxy")
+
+
+def attention(report: SiteReport) -> tuple[str, ...]:
+    """Why a site needs attention, in ``REASONS`` order; empty when Apache staples a good, current
+    response through ocspproxy for it and nothing is wrong."""
+    found = {_PROBLEM_REASONS.get(p.kind, p.kind) for p in report.problems}
+    if report.staple_status in _STAPLE_REASONS:
+        found.add(_STAPLE_REASONS[report.staple_status])
+    if not report.site.use_stapling:
+        found.add("stapling off")
+    elif not report.through_ocspproxy:
+        found.add("not through ocspproxy")
+    return tuple(sorted(found, key=lambda r: REASONS.index(r) if r in REASONS else len(REASONS)))
 
 
 def _serial_hex(serial: int) -> str:

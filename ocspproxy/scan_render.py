@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ocspproxy.scan import SiteReport
+from ocspproxy.scan import REASONS, SiteReport, attention
 
-__all__ = ["render_text", "to_json"]
+__all__ = ["render_text", "summary", "to_json"]
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -17,10 +18,12 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def to_json(reports: Sequence[SiteReport]) -> list[dict[str, Any]]:
-    """One object per site; ``problem`` is the first problem's text (null when none), ``problems`` all."""
+    """One object per site; ``problem`` is the first problem's text (null when none), ``problems`` all;
+    ``attention`` whether anything about the site needs it, ``reasons`` what (see ``attention``)."""
     out: list[dict[str, Any]] = []
     for r in reports:
         site = r.site
+        reasons = attention(r)
         out.append(
             {
                 "vhost": site.vhost,
@@ -43,6 +46,8 @@ def to_json(reports: Sequence[SiteReport]) -> list[dict[str, Any]]:
                 "staple_file": None if r.staple_file is None else str(r.staple_file),
                 "problem": r.problems[0].message if r.problems else None,
                 "problems": [{"kind": p.kind, "message": p.message, "fix": p.fix} for p in r.problems],
+                "attention": bool(reasons),
+                "reasons": list(reasons),
             }
         )
     return out
@@ -64,6 +69,8 @@ def _stapling(r: SiteReport) -> str:
 def _staple(r: SiteReport) -> str:
     if r.staple_status is None:
         return "cannot tell (no issuer)" if r.serial else "cannot tell"
+    if r.staple_status == "none":
+        return "none: the certificate has no OCSP URL, nothing to staple"
     text = r.staple_status
     if r.staple_next_update is not None:
         text += f", nextUpdate {_iso(r.staple_next_update)}"
@@ -77,10 +84,12 @@ def _staple(r: SiteReport) -> str:
 def _block(r: SiteReport) -> list[str]:
     site = r.site
     title = site.server_name or "(no ServerName)"
+    vhost = "main server" if site.vhost == "_default_" else f"<VirtualHost {site.vhost}>"
+    if site.vhost_file is not None:
+        vhost += f" at {site.vhost_file}:{site.vhost_line}"
     rows = [
-        ("vhost", f"<VirtualHost {site.vhost}>" if site.vhost != "_default_" else "main server"),
-        ("defined at", f"{site.config_file}:{site.line}"),
-        ("certificate", str(site.certificate_file)),
+        ("vhost", vhost),
+        ("certificate", f"{site.certificate_file} (SSLCertificateFile at {site.config_file}:{site.line})"),
     ]
     if r.subject is not None:
         rows += [("subject", r.subject), ("serial", r.serial or "")]
@@ -113,10 +122,21 @@ def render_text(
         lines += ["No TLS virtual host (no SSLCertificateFile in effect).", ""]
     for r in reports:
         lines += [*_block(r), ""]
-    possible = sum(r.stapling_possible for r in reports)
-    with_problems = sum(bool(r.problems) for r in reports)
-    lines.append(
-        f"{len(reports)} TLS site{'s' if len(reports) != 1 else ''}: {possible} can staple through "
-        f"ocspproxy, {with_problems} with problems."
-    )
+    lines.append(summary(reports))
     return "\n".join(lines) + "\n"
+
+
+def summary(reports: Sequence[SiteReport]) -> str:
+    """E.g. "3 TLS sites: 1 stapled good through ocspproxy, 2 need attention (1 revoked, 1 no OCSP
+    URL)." Each reason is counted once per site that has it."""
+    found = [attention(r) for r in reports]
+    fine = sum(not reasons for reasons in found)
+    needing = len(reports) - fine
+    counts = Counter(reason for reasons in found for reason in reasons)
+    text = (
+        f"{len(reports)} TLS site{'s' if len(reports) != 1 else ''}: {fine} stapled good through ocspproxy, "
+        f"{needing} need{'s' if needing == 1 else ''} attention"
+    )
+    if counts:
+        text += " (" + ", ".join(f"{counts[reason]} {reason}" for reason in REASONS if reason in counts) + ")"
+    return text + "."

@@ -594,3 +594,32 @@ def test_unbalanced_section_in_included_file(tmp_path: Path) -> None:
 def test_missing_main_file(tmp_path: Path) -> None:
     with pytest.raises(ApacheConfigError, match=r"missing\.conf: cannot read"):
         read(tmp_path / "missing.conf")
+
+
+def test_misspelt_mod_ssl_directives_are_noted(tmp_path: Path) -> None:
+    main = write(
+        tmp_path / "httpd.conf",
+        """
+        LoadModule ssl_module modules/mod_ssl.so
+        <VirtualHost *:443>
+            ServerName a.example
+            SSLEngine on
+            SSLCertificateFiel /etc/ssl/a.pem
+            sslusestapeling on
+            SSLFrobnicate on
+            sslcertificatekeyfile /etc/ssl/a.key
+        </VirtualHost>
+        <IfModule !ssl_module>
+            SSLCertificateFiel /etc/ssl/skipped.pem
+        </IfModule>
+        """,
+    )
+    config = read_apache_config(main, environment={})
+    assert config.sites == ()
+    assert [str(m) for m in config.misspellings] == [
+        f"SSLCertificateFiel at {main}:5 (mod_ssl has SSLCertificateFile)",
+        f"sslusestapeling at {main}:6 (mod_ssl has SSLUseStapling)",
+    ]  # not a name close to none (SSLFrobnicate), nor one spelt in another case, nor an unread section
+    assert config.no_sites() == (
+        f"Apache configuration {main} (1 file read) has no TLS virtual host: no SSLCertificateFile in effect"
+    )

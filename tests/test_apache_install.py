@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ocspproxy.apache_commands import Context, install_command
-from ocspproxy.apachectl import Layout, RunResult, Tools
+from ocspproxy.apachectl import Layout, RunResult, Tools, discover_tools
 from ocspproxy.snippet import render_snippet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apache"
@@ -247,7 +247,7 @@ def test_no_apache_program_to_test_with(debian: Path, tmp_path: Path) -> None:
 
 
 def test_reload_of_the_default_tree(debian: Path) -> None:
-    fake = FakeApache(compiled=debian, reloads=[1, 0])  # systemctl fails (no systemd), apache2ctl works
+    fake = FakeApache(compiled=debian, reloads=[1, 0])  # systemctl fails, apache2ctl works
     run = Run(fake, DEBIAN_TOOLS)
     assert run(debian, reload=True) == 0
     argvs = [argv for argv, _ in fake.calls if "-V" not in argv]
@@ -257,6 +257,25 @@ def test_reload_of_the_default_tree(debian: Path) -> None:
         ("/usr/sbin/apache2ctl", "graceful"),
     ]
     assert run.out[-1] == "Apache reloaded"
+    # A fallback that works needs no error above it.
+    assert "  | reload failed" not in run.out and "  exit status 1" not in run.out
+    assert run.out[-3:] == [
+        "running: /usr/bin/systemctl reload apache2",
+        "running: /usr/sbin/apache2ctl graceful",
+        "Apache reloaded",
+    ]
+
+
+def test_reload_without_systemd_goes_straight_to_apachectl(debian: Path) -> None:
+    found = {"apache2ctl": "/usr/sbin/apache2ctl", "apache2": "/usr/sbin/apache2"}
+    found["systemctl"] = "/usr/bin/systemctl"  # installed, but not the running init (a container)
+    tools = discover_tools(lambda name, path: found.get(name), booted=lambda: False)
+    fake = FakeApache(compiled=debian, reloads=[0])
+    run = Run(fake, tools)
+    assert run(debian, reload=True) == 0
+    reloads = [argv for argv, _ in fake.calls if "-V" not in argv and "-t" not in argv]
+    assert reloads == [("/usr/sbin/apache2ctl", "graceful")]
+    assert not any("systemctl" in line for line in run.out)
 
 
 def test_failed_reload_keeps_the_configuration(debian: Path) -> None:
@@ -264,6 +283,17 @@ def test_failed_reload_keeps_the_configuration(debian: Path) -> None:
     assert run(debian, reload=True) == 1
     assert (debian.parent / "conf-enabled" / "ocspproxy.conf").is_symlink()
     assert "configuration stays installed" in run.err[0]
+    # Every method failed: now what each said is shown, each under its command.
+    assert run.out[-8:] == [
+        "running: /usr/bin/systemctl reload apache2",
+        "running: /usr/sbin/apache2ctl graceful",
+        "failed: /usr/bin/systemctl reload apache2",
+        "  | reload failed",
+        "  exit status 1",
+        "failed: /usr/sbin/apache2ctl graceful",
+        "  | reload failed",
+        "  exit status 1",
+    ]
 
 
 # --- RHEL ----------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from ocspproxy.apache import TLSSite, read_apache_config
 from ocspproxy.apache_commands import Context, scan_command
@@ -222,7 +225,7 @@ def test_json_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         ["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state), "--json"]
     )
-    assert status == 0
+    assert status == 1  # the tree has a site for every problem: the exit status says so with --json too
     sites = json.loads(capsys.readouterr().out)
     assert len(sites) == 11
     assert all(set(site) >= REQUIRED_KEYS for site in sites)
@@ -236,23 +239,29 @@ def test_json_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     lonely = next(s for s in sites if s["server_name"] == "lonely.example")
     assert lonely["issuer_found"] is False and lonely["issuer_source"] is None
     assert "AH02217" in lonely["problem"] and lonely["problems"][0]["kind"] == "no_issuer"
+    assert (first["attention"], first["reasons"]) == (False, [])
+    assert (lonely["attention"], lonely["reasons"]) == (True, ["no issuer", "not through ocspproxy"])
 
 
 def test_text_output(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)]) == 0
+    assert main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)]) == 1
     out = capsys.readouterr().out
     assert f"Apache configuration: {tree.main} (given with --apache-config; 3 files read)" in out
     assert "found in SSLCACertificatePath (CN=Test Issuing CA)" in out
     assert "AH02217" in out and "fix:" in out and "Let's Encrypt" in out
     assert "asks ocspproxy at http://127.0.0.1:2560/" in out
-    assert "11 TLS sites: 7 can staple through ocspproxy, 6 with problems." in out
+    assert out.rstrip().endswith(
+        "11 TLS sites: 0 stapled good through ocspproxy, 11 need attention (8 missing staple, "
+        "1 unreadable certificate, 1 no issuer, 1 no OCSP URL, 1 https:// ForceURL, 2 ForceURL conflict, "
+        "1 stapling off, 8 not through ocspproxy)."
+    )
 
 
 def test_config_sets_listen_and_state_dir(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
     config = tree.root.parent / "ocspproxy.toml"
     config.write_text(f'listen = "127.0.0.1:2561"\nstate_dir = "{tree.state}"\n')
     tree.store("chain", tree.ca.respond(tree.leaves["chain"].serial))
-    assert main(["apache", "scan", "--apache-config", str(tree.main), "--config", str(config), "--json"]) == 0
+    assert main(["apache", "scan", "--apache-config", str(tree.main), "--config", str(config), "--json"]) == 1
     first = json.loads(capsys.readouterr().out)[0]
     assert first["staple_status"] == "good" and first["through_ocspproxy"] is False  # 2560 is not 2561
 
@@ -279,7 +288,7 @@ def test_apache_config_found_with_apachectl_v(tree: Tree) -> None:
         tools=Tools(ctl="/x/apachectl", control_names=("/x/apachectl",)),
     )
     assert (
-        scan_command(apache_config=None, state_dir=tree.state, config_file=None, as_json=False, ctx=ctx) == 0
+        scan_command(apache_config=None, state_dir=tree.state, config_file=None, as_json=False, ctx=ctx) == 1
     )
     assert calls == [["/x/apachectl", "-V"]]
     assert f"Apache configuration: {tree.main} (from apachectl -V;" in out[0]
@@ -317,3 +326,166 @@ def test_unreadable_chain_file_is_named_and_the_search_goes_on(tmp_path: Path) -
     assert report.issuer_source == "SSLCACertificateFile" and report.stapling_possible
     assert _kinds(report) == ["unreadable_file"]
     assert f"SSLCertificateChainFile {tmp_path / 'gone.pem'}: unreadable" in report.problems[0].message
+
+
+def test_a_key_or_csr_where_a_certificate_belongs_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA()
+    leaf = ca.leaf("key.example")
+    key = tmp_path / "site.key"
+    key.write_bytes(
+        leaf.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "key.example")])
+    csr = tmp_path / "chain.csr"
+    csr.write_bytes(
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(leaf.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    (tmp_path / "leaf.pem").write_bytes(pem(leaf.cert))
+    (tmp_path / "ca.pem").write_bytes(pem(ca.cert))
+    main_file = tmp_path / "httpd.conf"
+    main_file.write_text(
+        "<VirtualHost *:443>\nServerName key.example\nSSLCertificateFile site.key\n</VirtualHost>\n"
+        "<VirtualHost *:443>\nServerName csr.example\nSSLCertificateFile leaf.pem\n"
+        "SSLCertificateChainFile chain.csr\nSSLCACertificateFile ca.pem\n</VirtualHost>\n"
+    )
+    keyed, chained = scan_sites(
+        read_apache_config(main_file, environment={}).sites,
+        state_dir=tmp_path / "state",
+        proxy_url=PROXY,
+        now=dt.datetime.now(dt.UTC),
+    )
+    assert _kinds(keyed) == ["not_a_certificate"]
+    assert keyed.problems[0].message == f"certificate file {key} holds a private key, not a certificate"
+    assert "SSLCertificateKeyFile" in (keyed.problems[0].fix or "")
+    assert chained.issuer_source == "SSLCACertificateFile" and _kinds(chained) == ["unreadable_file"]
+    assert chained.problems[0].message == (
+        f"SSLCertificateChainFile {csr}: holds a certificate signing request (CSR), not a certificate"
+    )
+    main(["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(tmp_path / "state")])
+    out = capsys.readouterr().out
+    assert f"PROBLEM        certificate file {key} holds a private key, not a certificate" in out
+    assert not any(text in out for text in ("ParseError", "asn1", "Unable to load PEM"))
+
+
+def test_an_issuer_override_that_is_no_certificate_is_named(tree: Tree) -> None:
+    key = tree.root / "ca.key"
+    key.write_bytes(
+        tree.leaves["chain"].key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    config = tree.root.parent / "ocspproxy.toml"
+    config.write_text(f'[[issuer]]\ncertificate = "{key}"\nocsp_url = "http://ocsp.example/"\n')
+    out: list[str] = []
+    err: list[str] = []
+    ctx = Context(out=out.append, err=err.append, tools=Tools(), environment={})
+    scan_command(apache_config=tree.main, state_dir=tree.state, config_file=config, as_json=True, ctx=ctx)
+    warning = f"ocspproxy: warning: [[issuer]] certificate {key}: holds a private key, not a certificate"
+    assert err == [warning]
+
+
+def _stapling_site(tmp_path: Path, ca: TestCA, names: list[str]) -> tuple[Path, dict[str, Leaf]]:
+    """An Apache config stapling every site through ocspproxy, one vhost per name (nourl*: no URL)."""
+    leaves: dict[str, Leaf] = {}
+    vhosts = []
+    for name in names:
+        leaf = leaves[name] = ca.leaf(
+            f"{name}.example", ocsp_url=None if name.startswith("nourl") else "default"
+        )
+        (tmp_path / f"{name}.pem").write_bytes(pem(leaf.cert, ca.cert))
+        vhosts.append(
+            f"<VirtualHost *:443>\nServerName {name}.example\nSSLCertificateFile {name}.pem\n</VirtualHost>\n"
+        )
+    main_file = tmp_path / "httpd.conf"
+    main_file.write_text(f"SSLUseStapling on\nSSLStaplingForceURL {PROXY}\n" + "".join(vhosts))
+    return main_file, leaves
+
+
+def _store(state: Path, ca: TestCA, leaf: Leaf, der: bytes) -> None:
+    state.mkdir(exist_ok=True)
+    key = CertKey(alg="sha1", issuer_key_hash=issuer_key_hash(ca.cert, "sha1"), serial=leaf.serial)
+    (state / f"{key}.der").write_bytes(der)
+
+
+def test_summary_and_exit_status_say_what_needs_attention(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA(ocsp_url="http://ocsp.ca.example/")
+    main_file, leaves = _stapling_site(tmp_path, ca, ["good", "revoked", "nourl"])
+    state = tmp_path / "state"
+    _store(state, ca, leaves["good"], ca.respond(leaves["good"].serial))
+    _store(state, ca, leaves["revoked"], ca.respond(leaves["revoked"].serial, status="revoked"))
+    args = ["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(state)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        "3 TLS sites: 1 stapled good through ocspproxy, 2 need attention (1 revoked, 1 no OCSP URL)."
+    )
+    nourl = out.split("nourl.example\n", 1)[1]
+    assert "  staple         none: the certificate has no OCSP URL, nothing to staple\n" in nourl
+    assert "nothing stored yet" not in out
+
+    assert main([*args, "--json"]) == 1
+    sites = json.loads(capsys.readouterr().out)
+    assert [(s["attention"], s["reasons"]) for s in sites] == [
+        (False, []),
+        (True, ["revoked"]),
+        (True, ["no OCSP URL"]),
+    ]
+    assert sites[2]["staple_status"] == "none"
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    expired = ca.respond(leaves["revoked"].serial, this_update=now - dt.timedelta(hours=2))
+    _store(state, ca, leaves["revoked"], expired)
+    assert main(args) == 1
+    assert "2 need attention (1 expired, 1 no OCSP URL)." in capsys.readouterr().out
+
+
+def test_exit_status_0_when_every_site_staples_good_through_ocspproxy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA(ocsp_url="http://ocsp.ca.example/")
+    main_file, leaves = _stapling_site(tmp_path, ca, ["one", "two"])
+    state = tmp_path / "state"
+    for leaf in leaves.values():
+        _store(state, ca, leaf, ca.respond(leaf.serial))
+    args = ["apache", "scan", "--apache-config", str(main_file), "--state-dir", str(state)]
+    assert main(args) == 0
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith("2 TLS sites: 2 stapled good through ocspproxy, 0 need attention.")
+    )
+    assert main([*args, "--json"]) == 0
+    assert [s["attention"] for s in json.loads(capsys.readouterr().out)] == [False, False]
+
+
+def test_help_names_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["apache", "scan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "exit status: 0 every TLS site staples a good, current response through ocspproxy; 1 at least" in text
+    )
+    assert "2 the input was unusable" in text
+
+
+def test_text_names_where_the_vhost_opens_and_where_its_certificate_is_set(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["apache", "scan", "--apache-config", str(tree.main), "--state-dir", str(tree.state)])
+    out = capsys.readouterr().out
+    sites = tree.root / "sites-enabled" / "sites.conf"
+    chain = out.split("chain.example\n", 1)[1]
+    assert chain.startswith(
+        f"  vhost          <VirtualHost *:443> at {sites}:2\n"
+        f"  certificate    {tree.root / 'certs' / 'chain.pem'} (SSLCertificateFile at {sites}:5)\n"
+    )
+    assert "defined at" not in out

@@ -17,6 +17,7 @@ from ocspproxy.apachectl import (
     parse_compiled_config,
     reload_commands,
     run_command,
+    systemd_booted,
 )
 
 DEBIAN_V = """Server version: Apache/2.4.71 (Debian)
@@ -139,6 +140,20 @@ def test_run_command_results() -> None:
     assert slow.returncode == 124 and "no answer within" in slow.output
     missing = run_command(["/nonexistent/apache2", "-t"], env=None, timeout=5)
     assert missing.returncode == 127 and "cannot run" in missing.output
+
+
+def test_systemctl_only_where_systemd_is_the_running_init(tmp_path: Path) -> None:
+    found = {"apachectl": "/usr/sbin/apachectl", "systemctl": "/usr/bin/systemctl"}
+
+    def which(name: str, path: str) -> str | None:
+        return found.get(name)
+
+    assert discover_tools(which, booted=lambda: False).systemctl is None
+    assert discover_tools(which, booted=lambda: True).systemctl == "/usr/bin/systemctl"
+    marker = tmp_path / "run" / "systemd" / "system"
+    assert not systemd_booted(marker)
+    marker.mkdir(parents=True)
+    assert systemd_booted(marker)
 
 
 def test_discover_tools_looks_in_sbin() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ocspproxy.cli import main
 from ocspproxy.config import Config, ConfigError, default_state_dir, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +103,63 @@ def test_state_dir_follows_systemd_then_xdg() -> None:
     assert default_state_dir({}, root=True) == Path("/var/lib/ocspproxy")
     assert default_state_dir({"XDG_STATE_HOME": "/x"}, root=False) == Path("/x/ocspproxy")
     assert default_state_dir({"HOME": "/home/a"}, root=False) == Path("/home/a/.local/state/ocspproxy")
+
+
+def test_state_dir_without_home_comes_from_the_password_database(tmp_path: Path) -> None:
+    def home(uid: int) -> str:
+        return str(tmp_path)
+
+    expected = tmp_path / ".local" / "state" / "ocspproxy"
+    assert default_state_dir({}, root=False, passwd_home=home) == expected
+    assert default_state_dir({"HOME": "/"}, root=False, passwd_home=home) == expected
+    relative = {"XDG_STATE_HOME": "state", "HOME": "/home/a"}  # relative: ignored, as XDG says
+    assert default_state_dir(relative, root=False, passwd_home=home) == Path("/home/a/.local/state/ocspproxy")
+
+
+@pytest.mark.parametrize(
+    ("home", "why"),
+    [
+        (None, "has no entry in the password database"),
+        ("/nonexistent", "the home directory /nonexistent, not a directory"),
+        ("/", "the home directory /, the root directory"),
+    ],
+)
+def test_state_dir_without_any_home_is_refused(home: str | None, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        default_state_dir({}, root=False, passwd_home=lambda uid: home)
+    assert info.value.key == "state_dir"
+    message = str(info.value)
+    assert message.startswith("state_dir: no default: HOME is not set and ")
+    assert why in message and message.endswith("; give --state-dir DIR")
+
+
+def test_cli_without_a_state_dir_default_says_so_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("STATE_DIRECTORY", "XDG_STATE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # not root, and no such user
+    monkeypatch.setattr("ocspproxy.config._passwd_home", lambda uid: None)
+    started: list[object] = []
+    monkeypatch.setattr("ocspproxy.cli.event_loop_runner", lambda: started.append)
+    assert main(["serve"]) == 2
+    assert started == [], "the service must not start without a state directory"
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "ocspproxy: configuration error: state_dir: no default: HOME is not set and user 4242 has no "
+        "entry in the password database; give --state-dir DIR"
+    ]
+
+
+def test_serve_help_and_readme_agree_on_the_state_dir_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    default = help_text.split("where staples persist (default: ", 1)[1].split(")", 1)[0]
+    assert "$XDG_STATE_HOME/ocspproxy" in default
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--state-dir DIR`"))
+    assert default in row.replace("`", "")
 
 
 def test_cli_reports_a_bad_config_on_one_line_with_status_2(tmp_path: Path) -> None:

@@ -306,7 +306,7 @@ async def test_state_dir_that_is_a_file_is_reported_served_from_memory_and_recov
     unusable = [e for e in events if e["event"] == "state directory unusable; serving from memory"]
     assert len(unusable) == 1 and unusable[0]["level"] == "error"
     loaded = next(e for e in events if e["event"] == "store loaded")
-    assert (loaded["loaded"], loaded["skipped"]) == (0, 1)
+    assert (loaded["loaded"], loaded["skipped"]) == (0, 0)  # the directory is no skipped staple
     assert count(events, FAILING) == 1
 
     state.unlink()  # the operator fixes it: the next write creates the directory
@@ -314,6 +314,20 @@ async def test_state_dir_that_is_a_file_is_reported_served_from_memory_and_recov
     assert outcome.staple is not None and on_disk(state, ca, leaf) == outcome.staple.der
     assert mode(state) == 0o700
     assert count(log_events(capsys.readouterr().err), RECOVERED) == 1
+
+
+@pytest.mark.parametrize("where", ["state", "file/state"])
+async def test_an_unusable_state_directory_is_one_line_at_start_up(
+    where: str, ca: TestCA, make_proxy: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / where.split("/")[0]).write_text("a file where a directory should be")
+    state = tmp_path / where
+    await make_proxy(ca=ca, leaves=[ca.leaf()], state_dir=state).start()
+    events = log_events(capsys.readouterr().err)
+    start_up = events[: next(i for i, e in enumerate(events) if e["event"] == "store loaded") + 1]
+    said = [(e["event"], e.get("state_dir")) for e in start_up if e["level"] in ("warning", "error")]
+    assert said == [("state directory unusable; serving from memory", str(state))]
+    assert (start_up[-1]["loaded"], start_up[-1]["skipped"]) == (0, 0)
 
 
 async def test_odd_entries_are_reported_and_skipped_at_start_up(

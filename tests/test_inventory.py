@@ -2,17 +2,111 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from ocspproxy.config import Config
 from ocspproxy.inventory import CertSource, build_inventory
-from tests.pki import TestCA, pem
+from tests.conftest import Proxy
+from tests.pki import Leaf, TestCA, pem
 from tests.upstream import Reply
 
 CA = TestCA(ocsp_url="http://ocsp.test/")
 
 
-def sources(*paths: Path, **kwargs: Path) -> list[CertSource]:
+def sources(*paths: Path, **kwargs: Any) -> list[CertSource]:
     return [CertSource(path=str(p), **kwargs) for p in paths]
+
+
+# --- files that hold no certificate ------------------------------------------------------------------
+
+PARSER_TEXT = ("ParseError", "asn1", "Unable to load PEM", "cryptography.io")
+
+
+def _key_pem(leaf: Leaf, fmt: serialization.PrivateFormat) -> bytes:
+    return leaf.key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+
+
+def _csr(leaf: Leaf) -> x509.CertificateSigningRequest:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "site.example")])
+    return x509.CertificateSigningRequestBuilder().subject_name(name).sign(leaf.key, hashes.SHA256())
+
+
+NOT_CERTIFICATES: dict[str, tuple[Callable[[Leaf], bytes], str]] = {
+    "pkcs8 key": (
+        lambda leaf: _key_pem(leaf, serialization.PrivateFormat.PKCS8),
+        "holds a private key, not a certificate",
+    ),
+    "openssl key": (
+        lambda leaf: _key_pem(leaf, serialization.PrivateFormat.TraditionalOpenSSL),  # EC PRIVATE KEY
+        "holds a private key, not a certificate",
+    ),
+    "csr": (
+        lambda leaf: _csr(leaf).public_bytes(serialization.Encoding.PEM),
+        "holds a certificate signing request (CSR), not a certificate",
+    ),
+    "public key": (
+        lambda leaf: leaf.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        "holds a PEM PUBLIC KEY block, not a certificate",
+    ),
+    "empty": (lambda leaf: b"", "is empty"),
+    "binary": (
+        lambda leaf: _csr(leaf).public_bytes(serialization.Encoding.DER),
+        "is neither a PEM nor a DER certificate",
+    ),
+    "damaged": (
+        lambda leaf: b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+        "holds a damaged PEM certificate (its content does not decode)",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CERTIFICATES)
+def test_a_file_that_is_no_certificate_is_named_for_what_it_holds(tmp_path: Path, kind: str) -> None:
+    make, what = NOT_CERTIFICATES[kind]
+    path = tmp_path / "site.pem"
+    path.write_bytes(make(CA.leaf()))
+    inv = build_inventory(sources(path), [])
+    assert inv.problems == [
+        f"certificate {path}: {what}; --cert wants the PEM certificate (leaf first, then its chain) "
+        "as in SSLCertificateFile"
+    ]
+    assert str(path) in inv.unreadable and not inv.targets
+    issuers = build_inventory([], [path])
+    assert issuers.problems == [f"issuer file {path}: {what}; --issuers wants PEM CA certificates"]
+    assert not any(text in p for p in [*inv.problems, *issuers.problems] for text in PARSER_TEXT)
+
+
+def test_a_file_from_apache_that_is_no_certificate_points_at_the_directive(tmp_path: Path) -> None:
+    leaf = CA.leaf()
+    key = tmp_path / "site.key"
+    key.write_bytes(_key_pem(leaf, serialization.PrivateFormat.PKCS8))
+    good = tmp_path / "good.pem"
+    good.write_bytes(pem(leaf.cert))
+    csr = tmp_path / "chain.pem"
+    csr.write_bytes(_csr(leaf).public_bytes(serialization.Encoding.PEM))
+    inv = build_inventory(
+        [
+            CertSource(path=str(key), named_by="SSLCertificateFile"),
+            CertSource(path=str(good), chain_file=csr, named_by="SSLCertificateFile"),
+        ],
+        [],
+    )
+    assert inv.problems == [
+        f"certificate {key}: holds a private key, not a certificate; SSLCertificateFile wants the PEM "
+        "certificate (leaf first, then its chain)",
+        f"certificate {good}: its SSLCertificateChainFile {csr} holds a certificate signing request "
+        "(CSR), not a certificate; it should hold PEM CA certificates",
+    ]
 
 
 def test_issuer_from_the_certificate_files_own_chain(tmp_path: Path) -> None:
@@ -124,3 +218,57 @@ async def test_apache_config_drives_the_inventory(tmp_path: Path, upstream, make
     assert list(proxy.daemon.inventory.targets) == [ca.cert_id(leaf.serial).key]
     answer = await proxy.post(ca.request(leaf.serial))
     assert answer.cert_status == "GOOD"
+
+
+def _warnings(err: str, event: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [e for e in lines if e["event"] == event]
+
+
+@pytest.mark.parametrize("given", ["nothing", "apache"])
+async def test_nothing_to_staple_is_said_once_with_why(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apache: Path | None = None
+    if given == "apache":
+        apache = tmp_path / "httpd.conf"
+        apache.write_text("<VirtualHost *:443>\n  SSLCertificateFiel /etc/ssl/a.pem\n</VirtualHost>\n")
+    config = Config(listen_port=0, state_dir=tmp_path / "state", apache_config=apache, watch_interval=0.5)
+    proxy = Proxy(config)
+    await proxy.start()
+    assert proxy.daemon is not None
+    for _ in range(3):  # watch passes that find nothing changed say nothing again
+        await proxy.daemon._compare_and_reload()
+    (said,) = _warnings(capsys.readouterr().err, "no certificates to keep stapled")
+    assert said["level"] == "warning"
+    if apache is None:
+        assert said["reason"] == "no --cert or certs, no --apache-config or apache_config given"
+        assert "misspelt" not in said
+    else:
+        assert said["reason"] == (
+            f"Apache configuration {apache} (1 file read) has no TLS virtual host: "
+            "no SSLCertificateFile in effect"
+        )
+        assert said["misspelt"] == [f"SSLCertificateFiel at {apache}:2 (mod_ssl has SSLCertificateFile)"]
+    await proxy.daemon.reload("SIGHUP")  # still true: said again
+    assert len(_warnings(capsys.readouterr().err, "no certificates to keep stapled")) == 1
+    await proxy.stop()
+
+
+async def test_apache_config_without_tls_next_to_cert_flags_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf = CA.leaf()
+    (tmp_path / "leaf.pem").write_bytes(pem(leaf.cert, CA.cert))
+    apache = tmp_path / "httpd.conf"
+    apache.write_text("Listen 80\n")
+    config = Config(
+        listen_port=0, state_dir=tmp_path / "state", certs=(str(tmp_path / "leaf.pem"),), apache_config=apache
+    )
+    proxy = Proxy(config)
+    await proxy.start()
+    err = capsys.readouterr().err
+    assert _warnings(err, "no certificates to keep stapled") == []
+    (said,) = _warnings(err, "no certificates from Apache's configuration")
+    assert said["reason"].startswith(f"Apache configuration {apache} (1 file read) has no TLS virtual host")
+    await proxy.stop()

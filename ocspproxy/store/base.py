@@ -41,9 +41,10 @@ class Store(Protocol):
       were and nothing half-written that a later reader could take for an entry.
     - Values are the DER bytes exactly as the CA sent them; a store never re-encodes or interprets them.
     - Creating a store never fails because its storage is unusable (missing, read-only, full, a file
-      where a directory should be): it reports that in the log, ``load_all`` reports it through
-      ``on_error``, and ``save`` raises ``StoreError`` until the storage is usable again. The daemon
-      keeps serving from memory meanwhile.
+      where a directory should be): it reports that in the log once (on creation, or when ``load_all``
+      finds it so), ``load_all`` then yields nothing (``on_error`` is for entries), and ``save``
+      raises ``StoreError`` until the storage is usable again. The daemon keeps serving from memory
+      meanwhile.
     - ``load_all`` yields every entry it can read. An unreadable entry is reported through ``on_error``
       and skipped; it never raises for one bad entry, and never blocks on one. Only the store's own
       entries are read: a backend never follows a link out of its storage (the file backend follows

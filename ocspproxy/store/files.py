@@ -48,8 +48,9 @@ class FileStore:
     it and it holds nothing but staple files; otherwise a warning is logged and it is left alone.
 
     Opening never fails: a directory that cannot be created or used (a file in its place, a read-only
-    file system) is logged, ``load_all`` reports it, and every ``save`` raises ``StoreError`` (and tries
-    the directory again) until it is usable, while the daemon serves from memory.
+    file system) is logged once (``usable`` turns False), ``load_all`` then yields nothing and reports
+    no entry, there is no snapshot to read, and every ``save`` raises ``StoreError`` (and tries the
+    directory again) until it is usable, while the daemon serves from memory.
 
     Only regular files are loaded. Symbolic links inside the directory are never followed, whether they
     point inside or outside it: a link could make ocspproxy load, and then serve, a response kept
@@ -63,14 +64,22 @@ class FileStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.usable = True  # False from a failure to open or list the directory until it opens again
         try:
             self._open()
         except OSError as exc:
+            self._unusable(exc)
+
+    def _unusable(self, exc: OSError) -> None:
+        """Say once that the directory cannot be used: what follows from it (nothing to load, no
+        snapshot) is not reported again as a problem of its own."""
+        if self.usable:
             log.error(
                 "state directory unusable; serving from memory",
-                state_dir=str(directory),
+                state_dir=str(self.directory),
                 error=exc.strerror or str(exc),
             )
+        self.usable = False
 
     def _open(self, *, remove_leftovers: bool = True) -> None:
         """Create or check the directory, remove leftover temporary files. Raises OSError if unusable."""
@@ -137,7 +146,9 @@ class FileStore:
                 # Unusable so far: perhaps mounted or repaired since. Temporary files found now may
                 # belong to concurrent saves of other keys: left alone.
                 self._open(remove_leftovers=False)
-            return write_atomically(self.directory, final.name, der)
+            stamp = write_atomically(self.directory, final.name, der)
+            self.usable = True
+            return stamp
         except OSError as exc:
             raise _error(f"cannot write {final}", exc) from exc
 
@@ -175,7 +186,7 @@ class FileStore:
             # lstat by name relative to the directory: no path to build per file.
             dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if known else None
         except OSError as exc:
-            on_error(str(self.directory), exc)
+            self._unusable(exc)  # the directory, not a stored staple: no entry to report
             return
         # By file name: a known entry is recognised without parsing its name, and keeps its key.
         by_name = {f"{key}.der": (key, stamp) for key, stamp in known.items()}
@@ -223,7 +234,10 @@ class FileStore:
         return Stamp.of(st) if stat.S_ISREG(st.st_mode) else None
 
     def read_snapshot(self) -> bytes | None:
-        """The snapshot blob last written, or None when there is none."""
+        """The snapshot blob last written, or None when there is none (or no usable directory,
+        reported already)."""
+        if not self.usable:
+            return None
         try:
             return read_state_file(self.directory / SNAPSHOT_NAME)
         except (OSError, ValueError) as exc:
