@@ -146,6 +146,7 @@ def scan_command(
             proxy_url=proxy_url_for(config.listen_host, config.listen_port),
             now=ctx.now(),
             skew=timedelta(seconds=config.skew),
+            without_next_update=timedelta(seconds=config.validity_without_next_update),
             overrides=_issuer_overrides(config, ctx),
         )
         if as_json:

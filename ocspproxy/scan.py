@@ -28,7 +28,7 @@ from ocspproxy.inventory import (
     ocsp_url,
 )
 from ocspproxy.ocsp import CertKey, issuer_key_hash
-from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
+from ocspproxy.validate import WITHOUT_NEXT_UPDATE, ExpiredResponse, InvalidResponse, validate_response
 
 __all__ = [
     "REASONS",
@@ -106,7 +106,13 @@ def _find_issuer(leaf: x509.Certificate, chain: Sequence[x509.Certificate], site
 
 
 def staple_state(
-    state_dir: Path, key: CertKey, issuer: x509.Certificate, *, now: datetime, skew: timedelta
+    state_dir: Path,
+    key: CertKey,
+    issuer: x509.Certificate,
+    *,
+    now: datetime,
+    skew: timedelta,
+    without_next_update: timedelta = WITHOUT_NEXT_UPDATE,
 ) -> tuple[str, datetime | None, Path]:
     """(status, nextUpdate, file) of the staple ocspproxy stored for key, checked as ocspproxy checks it."""
     path = state_dir / f"{key}.der"
@@ -121,7 +127,9 @@ def staple_state(
             return "invalid", None, path
         der = f.read(MAX_STAPLE_BYTES + 1)
     try:
-        staple = validate_response(der, key=key, issuer=issuer, now=now, skew=skew)
+        staple = validate_response(
+            der, key=key, issuer=issuer, now=now, skew=skew, without_next_update=without_next_update
+        )
     except ExpiredResponse:
         return "expired", _next_update(der), path
     except InvalidResponse:
@@ -184,6 +192,7 @@ def _report_site(
     overrides: Sequence[tuple[x509.Certificate, str]],
     now: datetime,
     skew: timedelta,
+    without_next_update: timedelta,
 ) -> SiteReport:
     force = site.stapling_force_url
     base = SiteReport(site=site, through_ocspproxy=_same_endpoint(force, proxy_url))
@@ -238,7 +247,9 @@ def _report_site(
             report, issuer=issuer.subject.rfc4514_string(), staple_status="none", problems=tuple(problems)
         )
     key = CertKey(alg="sha1", issuer_key_hash=issuer_hash, serial=leaf.serial_number)
-    status, next_update, path = staple_state(state_dir, key, issuer, now=now, skew=skew)
+    status, next_update, path = staple_state(
+        state_dir, key, issuer, now=now, skew=skew, without_next_update=without_next_update
+    )
     return replace(
         report,
         issuer=issuer.subject.rfc4514_string(),
@@ -330,12 +341,21 @@ def scan_sites(
     state_dir: Path,
     proxy_url: str | None,
     now: datetime,
-    skew: timedelta = timedelta(seconds=300),
+    skew: timedelta = timedelta(seconds=60),
+    without_next_update: timedelta = WITHOUT_NEXT_UPDATE,
     overrides: Sequence[tuple[x509.Certificate, str]] = (),
 ) -> list[SiteReport]:
     """One report per TLS site, in config order."""
     reports = [
-        _report_site(site, state_dir=state_dir, proxy_url=proxy_url, overrides=overrides, now=now, skew=skew)
+        _report_site(
+            site,
+            state_dir=state_dir,
+            proxy_url=proxy_url,
+            overrides=overrides,
+            now=now,
+            skew=skew,
+            without_next_update=without_next_update,
+        )
         for site in sites
     ]
     return force_url_conflicts(reports)
