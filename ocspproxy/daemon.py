@@ -519,6 +519,8 @@ class Daemon:
                     # Resolving every path costs a syscall each: only when the file set changed.
                     watched_for = self._watch_snapshot
                     notified = notifier.watch(await asyncio.to_thread(self._watched_directories))
+                    # A change made before the watches were in place raised no event: compare now.
+                    changed.set()
                 if notified:
                     poll = max(poll, _NOTIFIED_POLL)
                 with contextlib.suppress(TimeoutError):
