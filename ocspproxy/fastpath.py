@@ -101,7 +101,9 @@ class FastPath(asyncio.Protocol):
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
-            return False if len(buffer) < 8192 else None
+            # Wait for the rest of the head, unless these bytes start no request (a TLS ClientHello
+            # waits for an answer): aiohttp's parser answers those at once.
+            return False if len(buffer) < 8192 and buffer[:1].isalpha() else None
         head = buffer[:end].split(b"\r\n")
         parts = head[0].split(b" ")
         if len(parts) != 3 or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):

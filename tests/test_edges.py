@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -220,3 +221,25 @@ async def test_hit_whose_body_arrives_late_is_still_answered(ca: TestCA, make_pr
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert data.startswith(b"HTTP/1.0 200") and data.endswith(fast.body)
+
+
+async def test_a_bug_escaping_the_handler_is_internal_error_and_one_line_with_its_traceback(
+    ca: TestCA, make_proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()]).start()
+
+    async def broken(request: object) -> NoReturn:
+        raise ZeroDivisionError("a bug")
+
+    proxy.daemon.server.request_handler = broken  # what aiohttp calls for each request from now on
+    capsys.readouterr()
+    answer = await proxy.post(b"junk")
+    assert answer.http_status == 200 and answer.status == "INTERNAL_ERROR"
+    assert answer.headers["Cache-Control"] == "no-store"
+    lines = capsys.readouterr().err.splitlines()
+    (failed,) = [json.loads(line) for line in lines if '"request failed"' in line]
+    assert failed["level"] == "error" and failed["peer"] == "127.0.0.1"
+    assert "ZeroDivisionError: a bug" in failed["exception"] and "Traceback" in failed["exception"]
+    (request,) = [json.loads(line) for line in lines if '"request"' in line]
+    assert request["outcome"] == "error" and request["detail"] == "internal error"
+    assert all(line.startswith("{") for line in lines)

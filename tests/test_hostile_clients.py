@@ -5,9 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import ocspproxy.log
+from tests.conftest import eventually
 from tests.pki import TestCA, pem
 from tests.upstream import FakeUpstream, Reply
 
@@ -135,3 +145,190 @@ async def test_on_demand_fetch_rate_is_per_issuer(
     assert [a.status for a in first].count("SUCCESSFUL") == 3, "the first issuer's burst, then tryLater"
     second = [await proxy.post(other.request(50_000 + n)) for n in range(3)]
     assert all(a.status == "SUCCESSFUL" for a in second), "the other issuer has its own bucket"
+
+
+# Bad HTTP: what aiohttp's parser refuses. Each: the bytes, the HTTP status, the logged kind.
+CLIENT_HELLO = bytes.fromhex("16030100f4010000f00303") + bytes(range(32)) + b"\x00" * 200
+BAD_HTTP = {
+    "request line of 20 KiB": (b"GET /" + b"A" * 20480 + b" HTTP/1.0\r\n\r\n", 414, "request line too long"),
+    "100 headers": (
+        b"POST / HTTP/1.0\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(100)) + b"\r\n",
+        431,
+        "too many headers",
+    ),
+    "header of 16 KiB": (b"POST / HTTP/1.0\r\nX-Big: " + b"a" * 16384 + b"\r\n\r\n", 431, "header too long"),
+    "garbage": (b"\x00\x01\x02garbage\xff\xfe\r\n\r\n", 400, "invalid method"),
+    "TLS ClientHello": (CLIENT_HELLO, 400, "TLS on the plain HTTP port"),
+    "bad chunked body": (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n",
+        400,
+        "invalid body framing",
+    ),
+    "bad method": (b"G(T / HTTP/1.0\r\n\r\n", 400, "invalid method"),
+    "bad version": (b"GET / HTTP/9.x\r\n\r\n", 400, "invalid request line"),
+    "bad header name": (b"POST / HTTP/1.0\r\nBad Header: x\r\n\r\n", 400, "invalid header"),
+}
+MALFORMED = bytes([0x30, 0x03, 0x0A, 0x01, 0x01])  # OCSPResponse with status malformedRequest
+
+
+def assert_malformed_answer(data: bytes, http_status: int) -> None:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").lower().split("\r\n")
+    assert lines[0].startswith(f"http/1.0 {http_status} "), lines[0]
+    assert "content-type: application/ocsp-response" in lines
+    assert "cache-control: no-store" in lines
+    assert body == MALFORMED
+
+
+def log_lines(text: str) -> list[dict[str, object]]:
+    """Every line the service wrote, each one JSON object; none a traceback."""
+    events = []
+    for line in text.splitlines():
+        assert "Traceback" not in line, line
+        event = json.loads(line)
+        assert isinstance(event, dict), line
+        events.append(event)
+    return events
+
+
+def malformed(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in events if e["event"] == "request" and e["outcome"] == "malformed"]
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await open_raw(port)
+    writer.write(data)
+    answer = await closed_within(reader, 3)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("name", BAD_HTTP)
+async def test_bad_http_is_answered_malformed_and_logged_as_one_request_line(
+    ca: TestCA,
+    make_proxy,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    data, http_status, kind = BAD_HTTP[name]
+    leaf = ca.leaf()
+    proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
+    capfd.readouterr()
+    assert_malformed_answer(await exchange(proxy.daemon.address[1], data), http_status)
+    (line,) = malformed(log_lines(capfd.readouterr().err))
+    assert line["detail"] == kind and line["peer"] == "127.0.0.1"
+    # Nothing reached stdlib logging with a traceback (aiohttp logs one there).
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
+
+
+async def test_bad_http_through_a_worker_is_answered_and_logged_the_same(
+    ca: TestCA, make_proxy, capfd: pytest.CaptureFixture[str]
+) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], workers=2, **FAST).start()
+    port = proxy.daemon.address[1]
+    kinds = set()
+    for _ in range(4):  # about half the connections go to the worker, which hands them on
+        for data, http_status, kind in BAD_HTTP.values():
+            assert_malformed_answer(await exchange(port, data), http_status)
+            kinds.add(kind)
+    logged = {str(e["detail"]) for e in malformed(log_lines(capfd.readouterr().err))}
+    assert logged == kinds
+
+
+async def test_a_body_broken_off_or_undecodable_is_one_request_line(
+    ca: TestCA, make_proxy, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
+    port = proxy.daemon.address[1]
+    capfd.readouterr()
+    gzip = b"POST / HTTP/1.0\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n0123456789"
+    assert_malformed_answer(await exchange(port, gzip), 400)
+    _, writer = await open_raw(port)
+    writer.write(b"POST / HTTP/1.0\r\nContent-Length: 100\r\n\r\n0123")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.transport.abort()  # a reset mid-request: nobody is left to answer
+    events: list[dict[str, object]] = []
+
+    def both_logged() -> bool:
+        events.extend(log_lines(capfd.readouterr().err))
+        return len(malformed(events)) == 2
+
+    await eventually(both_logged)
+    gzipped, reset = malformed(events)
+    assert gzipped["detail"] == "invalid body" and gzipped["method"] == "POST"
+    assert gzipped["reason"] == "Can not decode content-encoding: gzip"
+    assert reset["detail"] == "connection lost mid-request"
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+async def test_a_flood_of_one_kind_is_one_line_and_a_count(
+    ca: TestCA, make_proxy, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ocspproxy.log, "REPEAT_INTERVAL", 3.0)
+    proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
+    port = proxy.daemon.address[1]
+    capfd.readouterr()
+    for _ in range(10):
+        await asyncio.gather(*(exchange(port, b"\x00garbage\r\n\r\n") for _ in range(20)))
+    events: list[dict[str, object]] = []
+
+    def counted() -> bool:
+        events.extend(log_lines(capfd.readouterr().err))
+        lines = [e for e in malformed(events) if e["detail"] == "invalid method"]
+        counts = [e["count"] for e in events if e["event"] == "repeated requests"]
+        assert len(lines) <= 3, lines
+        return len(lines) + sum(int(str(c)) for c in counts) == 200
+
+    await eventually(counted, timeout=10)
+
+
+def send_and_read(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def reset_mid_request(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: 100\r\n\r\n0123")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+
+
+@WORKERS
+def test_the_service_logs_bad_http_as_json_lines_only(tmp_path: Path, workers: int) -> None:
+    """As run: ``python -m ocspproxy serve``, with stdlib logging as the CLI leaves it."""
+    root = Path(__file__).resolve().parent.parent
+    serve = ["serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "state")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ocspproxy", *serve, "--log-format", "json", "--workers", str(workers)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.stderr is not None
+    try:
+        head = []
+        for line in proc.stderr:
+            head.append(line)
+            if '"listening"' in line:
+                port = int(json.loads(line)["address"].rsplit(":", 1)[1])
+                break
+        for _ in range(2 * workers):  # with a worker, some go through it
+            for data, http_status, _kind in BAD_HTTP.values():
+                assert_malformed_answer(send_and_read(port, data), http_status)
+            reset_mid_request(port)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    events = log_lines("".join(head) + rest)
+    logged = {e["detail"] for e in malformed(events)}
+    assert logged == {kind for _, _, kind in BAD_HTTP.values()} | {"connection lost mid-request"}
