@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 
-from ocspproxy.ocsp import issuer_key_hash, issuer_name_hash
+from ocspproxy.core.ocsp import issuer_key_hash, issuer_name_hash
 from tests.pki import TestCA, make_cert, pem
 
 __all__ = [

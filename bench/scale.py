@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import Proc, cpu_seconds, free_port, percentile, port_accepts, rss_mib
 from bench.pkiset import ScaleSet, load_responses, scale_set, staple_file_name
 from bench.servers import der_count, get_json, post_ocsp, start_ocspproxy, start_upstream
-from ocspproxy.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
+from ocspproxy.core.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
 
 __all__ = ["ScaleResults", "ScaleSettings", "issuer_config", "phases", "run_scale", "write_staples"]
 

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp as x509_ocsp
 
 from fuzz import der
-from ocspproxy.ocsp import (
+from ocspproxy.core.ocsp import (
     HASH_ALGORITHMS,
     CertId,
     CertKey,
@@ -47,8 +47,8 @@ from ocspproxy.ocsp import (
     issuer_key_hash,
     parse_request,
 )
-from ocspproxy.staple import CertStatus, Staple
-from ocspproxy.validate import InvalidResponse, validate_response
+from ocspproxy.core.staple import CertStatus, Staple
+from ocspproxy.core.validate import InvalidResponse, validate_response
 
 __all__ = [
     "KNOWN_BUGS",

@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ocspproxy import __version__, apache_commands
+from ocspproxy import __version__
+from ocspproxy.apache import commands as apache_commands
+from ocspproxy.app import App
 from ocspproxy.config import Config, ConfigError, load_config
-from ocspproxy.daemon import Daemon
 from ocspproxy.log import configure_logging
 from ocspproxy.loop import event_loop_runner
 
@@ -141,5 +142,5 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, reread: Callable[[], Config]) -> int:
-    # The daemon is built inside the loop: its asyncio primitives belong to it.
-    return await Daemon(config, reread=reread).run()
+    # The app is built inside the loop: its asyncio primitives belong to it.
+    return await App(config, reread=reread).run()

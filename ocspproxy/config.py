@@ -11,12 +11,14 @@ import pwd
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ocspproxy.policy import RefreshPolicy
-from ocspproxy.upstream import UpstreamSettings
+from ocspproxy.core.policy import RefreshPolicy
+from ocspproxy.core.validate import Rules
+from ocspproxy.upstream.http import UpstreamSettings
 
 __all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
 
@@ -110,6 +112,14 @@ class Config:
     validity_without_next_update: float = 3600.0
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+
+    @property
+    def rules(self) -> Rules:
+        """The configured parts of validation."""
+        return Rules(
+            skew=timedelta(seconds=self.skew),
+            without_next_update=timedelta(seconds=self.validity_without_next_update),
+        )
 
 
 def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:

@@ -13,11 +13,12 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
+from ocspproxy.app import App
 from ocspproxy.config import Config
-from ocspproxy.daemon import Daemon
+from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.log import configure_logging
-from ocspproxy.policy import RefreshPolicy
-from ocspproxy.upstream import UpstreamSettings
+from ocspproxy.store import Store
+from ocspproxy.upstream.http import UpstreamSettings
 from tests.pki import Leaf, TestCA
 from tests.upstream import FakeUpstream, Reply
 
@@ -62,38 +63,39 @@ class Answer:
 
 
 class Proxy:
-    """ocspproxy's daemon running in this event loop on an ephemeral port."""
+    """ocspproxy running in this event loop on an ephemeral port."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.reread: Callable[[], Config] | None = None  # what SIGHUP re-reads, as the CLI passes it
-        self.daemon: Daemon | None = None
+        self.store: Store | None = None  # the store to wire in (None: the file store of state_dir)
+        self.app: App | None = None
         self._task: asyncio.Task[int] | None = None
 
     @property
     def url(self) -> str:
-        assert self.daemon is not None and self.daemon.address is not None
-        return f"http://127.0.0.1:{self.daemon.address[1]}"
+        assert self.app is not None and self.app.address is not None
+        return f"http://127.0.0.1:{self.app.address[1]}"
 
     async def start(self, *, loaded: bool = True) -> Proxy:
         """Start; return once it has loaded every certificate and stored staple (tests start from
         the full inventory and store), or with loaded=False once it listens."""
-        self.daemon = Daemon(self.config, reread=self.reread)
-        self._task = asyncio.create_task(self.daemon.run(handle_signals=False))
-        event = self.daemon.loaded if loaded else self.daemon.ready
+        self.app = App(self.config, reread=self.reread, store=self.store)
+        self._task = asyncio.create_task(self.app.run(handle_signals=False))
+        event = self.app.loaded if loaded else self.app.ready
         ready = asyncio.create_task(event.wait())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED, timeout=10)
         if self._task in done:
             ready.cancel()
-            raise RuntimeError(f"daemon exited with {self._task.result()}")
-        assert ready in done, "daemon did not become ready"
+            raise RuntimeError(f"service exited with {self._task.result()}")
+        assert ready in done, "service did not become ready"
         return self
 
     async def stop(self) -> None:
-        if self.daemon is not None and self._task is not None:
-            self.daemon.stop()
+        if self.app is not None and self._task is not None:
+            self.app.stop()
             await asyncio.wait_for(self._task, 10)
-            self.daemon = None
+            self.app = None
 
     async def restart(self) -> Proxy:
         await self.stop()

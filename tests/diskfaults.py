@@ -8,10 +8,12 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.store import Store, StoreError
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.staple import Staple
+from ocspproxy.store import FileStore, Stored, StoreError
 from tests.required import unavailable
 
 
@@ -72,26 +74,42 @@ def fill(directory: Path) -> Path:
 class FlakyStore:
     """Wraps a store; while ``failing`` holds an errno, every save raises ``StoreError`` with it."""
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: FileStore) -> None:
         self.inner = inner
         self.failing: int | None = None
         self.saves = 0
         self.failures = 0
 
-    def save(self, key: CertKey, der: bytes) -> None:
+    @property
+    def usable(self) -> bool:
+        return self.inner.usable
+
+    def prepare(self) -> int:
+        return self.inner.prepare()
+
+    def save(self, staple: Staple) -> None:
         self.saves += 1
         if self.failing is not None:
             self.failures += 1
-            error = StoreError(f"cannot write {key}: {os.strerror(self.failing)}")
+            error = StoreError(f"cannot write {staple.key}: {os.strerror(self.failing)}")
             error.errno = self.failing
             raise error
-        self.inner.save(key, der)
+        self.inner.save(staple)
 
-    def load(self, key: CertKey) -> bytes | None:
+    def load(self, key: CertKey) -> Stored | None:
         return self.inner.load(key)
 
     def delete(self, key: CertKey) -> None:
         self.inner.delete(key)
 
-    def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[tuple[CertKey, bytes]]:
+    def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[Stored]:
         return self.inner.load_all(on_error)
+
+    def remember(self, staple: Staple) -> None:
+        self.inner.remember(staple)
+
+    def distrust(self, key: CertKey) -> None:
+        self.inner.distrust(key)
+
+    def checkpoint(self, now: datetime) -> None:
+        self.inner.checkpoint(now)

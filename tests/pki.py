@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ocspproxy.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
+from ocspproxy.core.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
+from ocspproxy.core.staple import CertStatus, Staple
 from tests import derbuild
 
 Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -354,7 +355,7 @@ def resign_certificate(
 ) -> x509.Certificate:
     """cert signed again by issuer_key with digest (SHA-1 or MD5 included), its tbsCertificate's
     signature field changed to match."""
-    from ocspproxy.der import children, header
+    from ocspproxy.core.der import children, header
 
     tbs = cert.tbs_certificate_bytes
     _, start, length = header(tbs, 0)
@@ -371,3 +372,16 @@ def resign_certificate(
 
 def _head(length: int) -> int:
     return 2 if length < 0x80 else 2 + (length.bit_length() + 7) // 8
+
+
+def any_staple(key: CertKey, der: bytes) -> Staple:
+    """A Staple holding der as-is, for tests of what stores it: a store keeps bytes, checks nothing."""
+    start = now()
+    return Staple(
+        key=key,
+        der=der,
+        status=CertStatus.GOOD,
+        this_update=start,
+        next_update=start + dt.timedelta(hours=1),
+        produced_at=start,
+    )

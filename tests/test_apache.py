@@ -1,4 +1,4 @@
-"""Tests for ocspproxy.apache: reading httpd's configuration and finding the certificates to staple."""
+"""Tests for ocspproxy.apache.config: reading httpd's configuration and finding the certificates to staple."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ocspproxy.apache import ApacheConfigError, TLSSite, read_apache_config
+from ocspproxy.apache.config import ApacheConfigError, TLSSite, read_apache_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apache"
 DEBIAN = FIXTURES / "debian"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ocspproxy.apache_commands import Context, install_command
-from ocspproxy.apachectl import Layout, RunResult, Tools, discover_tools
-from ocspproxy.snippet import render_snippet
+from ocspproxy.apache.commands import Context, install_command
+from ocspproxy.apache.ctl import Layout, RunResult, Tools, discover_tools
+from ocspproxy.apache.snippet import render_snippet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apache"
 URL = "http://127.0.0.1:2560/"

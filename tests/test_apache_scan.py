@@ -14,12 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from ocspproxy.apache import TLSSite, read_apache_config
-from ocspproxy.apache_commands import Context, scan_command
-from ocspproxy.apachectl import RunResult, Tools
+from ocspproxy.apache.commands import Context, scan_command
+from ocspproxy.apache.config import TLSSite, read_apache_config
+from ocspproxy.apache.ctl import RunResult, Tools
+from ocspproxy.apache.scan import SiteReport, force_url_conflicts, scan_sites, staple_state
 from ocspproxy.cli import main
-from ocspproxy.ocsp import CertKey, issuer_key_hash
-from ocspproxy.scan import SiteReport, force_url_conflicts, scan_sites, staple_state
+from ocspproxy.core.ocsp import CertKey, issuer_key_hash
+from ocspproxy.core.validate import Rules
 from tests.pki import Leaf, TestCA, pem
 
 TEMPLATE = Path(__file__).parent / "fixtures" / "apache" / "scan"
@@ -166,9 +167,7 @@ def test_staple_states(tree: Tree) -> None:
 def test_staple_signed_by_someone_else_is_invalid(tree: Tree) -> None:
     tree.store("chain", tree.ca.respond(tree.leaves["chain"].serial, signer="rogue"))
     key = tree.key("chain")
-    status, _, _ = staple_state(
-        tree.state, key, tree.ca.cert, now=dt.datetime.now(dt.UTC), skew=dt.timedelta(seconds=300)
-    )
+    status, _, _ = staple_state(tree.state, key, tree.ca.cert, now=dt.datetime.now(dt.UTC), rules=Rules())
     assert status == "invalid"
 
 
@@ -301,7 +300,7 @@ def test_apache_config_not_found_exits_2(tmp_path: Path) -> None:
     err: list[str] = []
     ctx = Context(out=err.append, err=err.append, runner=runner, tools=Tools())
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("ocspproxy.apachectl.USUAL_MAIN_FILES", (tmp_path / "none.conf",))
+        mp.setattr("ocspproxy.apache.ctl.USUAL_MAIN_FILES", (tmp_path / "none.conf",))
         status = scan_command(apache_config=None, state_dir=None, config_file=None, as_json=True, ctx=ctx)
     assert status == 2
     assert len(err) == 1 and "Apache's configuration not found" in err[0] and "--apache-config" in err[0]

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ocspproxy.apache_commands import Context, snippet_command
-from ocspproxy.apachectl import Layout, RunResult, Tools
-from ocspproxy.cli import main
-from ocspproxy.snippet import (
+from ocspproxy.apache.commands import Context, snippet_command
+from ocspproxy.apache.ctl import Layout, RunResult, Tools
+from ocspproxy.apache.snippet import (
     SnippetError,
     cache_size,
     check_proxy_url,
@@ -19,6 +18,7 @@ from ocspproxy.snippet import (
     render_snippet,
     responder_timeout,
 )
+from ocspproxy.cli import main
 
 URL = "http://127.0.0.1:2560/"
 
@@ -188,7 +188,7 @@ def test_command_without_apache_falls_back_to_a_generic_cache(
     def runner(argv: object, *, env: object, timeout: float) -> RunResult:
         return RunResult(returncode=127, output="")
 
-    monkeypatch.setattr("ocspproxy.apachectl.USUAL_MAIN_FILES", (tmp_path / "none.conf",))
+    monkeypatch.setattr("ocspproxy.apache.ctl.USUAL_MAIN_FILES", (tmp_path / "none.conf",))
     out: list[str] = []
     err: list[str] = []
     ctx = Context(out=out.append, err=err.append, runner=runner, tools=Tools())

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ocspproxy.apachectl import (
+from ocspproxy.apache.ctl import (
     Layout,
     RunResult,
     Tools,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine, LineTooLong
 
-from ocspproxy.badhttp import classify, reason
+from ocspproxy.serve.badhttp import classify, reason
 
 CHUNK_SIZE = "Invalid character in chunk size:\n\n  b'ZZZ'\n  ^"
 BAD_HTTP = {

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ocspproxy import inventory as inventory_module
-from ocspproxy.certindex import CertIndex, read_index, write_index
+from ocspproxy.certs import files as files_module
+from ocspproxy.certs.build import build_inventory
+from ocspproxy.certs.index import CertIndex, read_index, write_index
+from ocspproxy.certs.inventory import CertSource, Inventory
+from ocspproxy.certs.sources import read_inventory
 from ocspproxy.config import Config
-from ocspproxy.daemon import read_inventory
-from ocspproxy.inventory import CertSource, Inventory, build_inventory
-from ocspproxy.store.files import INDEX_NAME
+from ocspproxy.store.directory import INDEX_NAME
 from tests.pki import TestCA, pem
 
 CA = TestCA(ocsp_url="http://ocsp.test/")
@@ -25,13 +26,13 @@ OTHER = TestCA(ocsp_url="http://other.test/")
 def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     """Every file the inventory reads itself (certificate, chain and CA files)."""
     seen: list[Path] = []
-    real = inventory_module._read_with_stat
+    real = files_module.read_certificate_file
 
     def counting(path: Path) -> tuple[bytes, os.stat_result]:
         seen.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(inventory_module, "_read_with_stat", counting)
+    monkeypatch.setattr(files_module, "read_certificate_file", counting)
     yield seen
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from ocspproxy.channel import (
+from ocspproxy.core.ocsp import CertId, CertKey
+from ocspproxy.core.staple import Staple
+from ocspproxy.core.validate import validate_response
+from ocspproxy.serve.answer import Answer, Outcome
+from ocspproxy.serve.hits import HitTable, IssuerRow
+from ocspproxy.serve.limits import Limits
+from ocspproxy.workers.child import Mirror, WorkerSettings
+from ocspproxy.workers.protocol import (
     CHUNK,
-    IssuerRow,
     decode_drops,
     decode_handoff,
     decode_issuers,
@@ -17,12 +23,6 @@ from ocspproxy.channel import (
     encode_issuers,
     encode_staples,
 )
-from ocspproxy.ocsp import CertId, CertKey
-from ocspproxy.responder import Outcome
-from ocspproxy.server import Limits
-from ocspproxy.staple import Staple
-from ocspproxy.validate import validate_response
-from ocspproxy.worker import Mirror, WorkerSettings
 from tests.pki import TestCA, now
 
 SKEW = dt.timedelta(seconds=300)
@@ -90,34 +90,40 @@ def test_a_large_handoff_travels_in_order_in_several_parts() -> None:
     assert len(small) == 1 and decode_handoff(small[0][1:]) == (19, b"POST / HTTP/1.0\r\n\r\n")
 
 
+def hit(mirror: Mirror, cert_id: CertId, at: dt.datetime) -> Answer | None:
+    """What the worker answers at time at: the one hit table, over its mirror."""
+    mirror.clock = lambda: at
+    return HitTable(mirror, mirror).hit(cert_id)
+
+
 def test_mirror_answers_only_like_the_main_process() -> None:
     ca = TestCA()
     mirror = Mirror()
     staple = _staple(ca, 7)
     mirror.apply(next(encode_staples([staple])))
     cid = ca.cert_id(7)
-    assert mirror.hit(cid, now()) is None  # no issuers yet: the main process would say unauthorized
+    assert hit(mirror, cid, now()) is None  # no issuers yet: the main process would say unauthorized
     mirror.apply(encode_issuers(_rows(ca)))
-    answer = mirror.hit(cid, now())
+    answer = hit(mirror, cid, now())
     assert answer is not None and answer.outcome is Outcome.HIT and answer.staple is not None
     assert answer.staple.der == staple.der and answer.issuer == "CN=Test Issuing CA"
     # the issuer name hash must match too, as in Inventory.issuer_for
-    assert mirror.hit(CertId(cid.key, b"\x00" * 20), now()) is None
-    assert mirror.hit(ca.cert_id(8), now()) is None  # a miss
+    assert hit(mirror, CertId(cid.key, b"\x00" * 20), now()) is None
+    assert hit(mirror, ca.cert_id(8), now()) is None  # a miss
     # never past nextUpdate, and forgotten then
-    assert mirror.hit(cid, staple.next_update) is None
+    assert hit(mirror, cid, staple.next_update) is None
     assert cid.key not in mirror.staples
     # a newer staple replaces, a drop removes, a new issuer table removes the issuer
     mirror.apply(next(encode_staples([staple])))
     revoked = _staple(ca, 7, status="revoked")
     mirror.apply(next(encode_staples([revoked])))
-    answer = mirror.hit(cid, now())
+    answer = hit(mirror, cid, now())
     assert answer is not None and answer.staple is not None and answer.staple.der == revoked.der
     mirror.apply(next(encode_drops([cid.key])))
-    assert mirror.hit(cid, now()) is None
+    assert hit(mirror, cid, now()) is None
     mirror.apply(next(encode_staples([staple])))
     mirror.apply(encode_issuers([]))
-    assert mirror.hit(cid, now()) is None
+    assert hit(mirror, cid, now()) is None
 
 
 def test_worker_settings_round_trip() -> None:

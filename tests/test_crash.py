@@ -36,12 +36,12 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspproxy import snapshot
-from ocspproxy.certindex import CertIndex
-from ocspproxy.ocsp import CertKey
-from ocspproxy.staple import Staple
-from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
-from ocspproxy.validate import ExpiredResponse, InvalidResponse, validate_response
+from ocspproxy.certs.index import CertIndex
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.staple import Staple
+from ocspproxy.core.validate import ExpiredResponse, InvalidResponse, validate_response
+from ocspproxy.store import snapshot
+from ocspproxy.store.directory import INDEX_NAME, SNAPSHOT_NAME
 from tests.pki import Leaf, TestCA
 from tests.upstream import FakeUpstream, Reply
 

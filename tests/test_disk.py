@@ -18,19 +18,20 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.staples import FetchResult, Refreshed
+from ocspproxy.cache.door import Ingested, Result
+from ocspproxy.core.ocsp import CertKey
 from ocspproxy.store import FileStore, StoreError
 from ocspproxy.store.files import MAX_FILE_BYTES
+from ocspproxy.upstream.base import Job
 from tests.conftest import Proxy, eventually
 from tests.diskfaults import FlakyStore, fill, remount, require_mount, tmpfs
-from tests.pki import Leaf, TestCA
+from tests.pki import Leaf, TestCA, any_staple
 from tests.upstream import FakeUpstream, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,12 +63,20 @@ def newer_each_time(ca: TestCA, upstream: FakeUpstream) -> None:
     )
 
 
-async def refresh(proxy: Proxy, ca: TestCA, upstream: FakeUpstream, leaf: Leaf) -> Refreshed:
-    assert proxy.daemon is not None
+async def refresh(proxy: Proxy, ca: TestCA, upstream: FakeUpstream, leaf: Leaf) -> Ingested:
+    assert proxy.app is not None
     cid = ca.cert_id(leaf.serial)
-    return await proxy.daemon.staples.refresh(
-        cid.key, issuer_cert=ca.cert, name_hash=cid.issuer_name_hash, url=upstream.url
-    )
+    job = Job(issuer_cert=ca.cert, name_hash=cid.issuer_name_hash, url=upstream.url)
+    return await proxy.app.refresher.refresh(cid.key, job)
+
+
+def loaded(store: FileStore) -> bytes | None:
+    found = store.load(KEY)
+    return None if found is None else found.der
+
+
+def entries(store: FileStore, on_error: Callable[[str, Exception], None]) -> dict[CertKey, bytes]:
+    return {s.key: s.der for s in store.load_all(on_error)}
 
 
 def stored(state: Path, ca: TestCA, leaf: Leaf) -> bool:
@@ -106,20 +115,20 @@ async def test_failing_state_directory_serves_from_memory_logs_once_and_recovers
     newer_each_time(ca, upstream)
     a, b = ca.leaf("a"), ca.leaf("b")
     with state_directory(how, kind, tmp_path) as state:
-        proxy: Proxy = await make_proxy(ca=ca, leaves=[a, b], state_dir=state).start()
-        assert proxy.daemon is not None
-        staples = proxy.daemon.staples
+        proxy: Proxy = make_proxy(ca=ca, leaves=[a, b], state_dir=state)
+        flaky = proxy.store = FlakyStore(FileStore(state))
+        await proxy.start()
+        assert proxy.app is not None
+        cache, refresher = proxy.app.cache, proxy.app.refresher
         keys = [ca.cert_id(leaf.serial).key for leaf in (a, b)]
         # The start-up fetches are over (a refresh() now would join one of them, not fetch again).
-        await eventually(lambda: all(staples.servable(k) and not staples.fetching(k) for k in keys))
+        await eventually(lambda: all(cache.servable(k) and not refresher.fetching(k) for k in keys))
         assert all(stored(state, ca, leaf) for leaf in (a, b))
         before = {leaf.serial: on_disk(state, ca, leaf) for leaf in (a, b)}
         capsys.readouterr()
 
-        flaky = FlakyStore(staples.store)
         filler: Path | None = None
         if how == "inject":
-            staples.store = flaky
             flaky.failing = errno.EROFS if kind == "read-only" else errno.ENOSPC
         elif kind == "read-only":
             remount(state.parent, read_only=True)
@@ -130,7 +139,7 @@ async def test_failing_state_directory_serves_from_memory_logs_once_and_recovers
         for _ in range(5):
             for leaf in (a, b):
                 outcome = await refresh(proxy, ca, upstream, leaf)
-                assert outcome.result is FetchResult.STORED and outcome.staple is not None
+                assert outcome.result is Result.STORED and outcome.staple is not None
                 answer = await proxy.post(ca.request(leaf.serial))
                 assert answer.cert_status == "GOOD" and answer.body == outcome.staple.der, (
                     "served from memory"
@@ -191,20 +200,20 @@ def test_disk_full_mid_write_keeps_the_good_file_and_leaves_no_temporary_file(
 
         store = FileStore(state)
         good = b"\x30\x82" + b"good" * 100
-        store.save(KEY, good)
+        store.save(any_staple(KEY, good))
         free = os.statvfs(state).f_bavail
         with monkeypatch.context() as patch:
             if how == "inject":
                 patch.setattr(os, "write", short_then_enospc)
             with pytest.raises(StoreError) as failure:
-                store.save(KEY, b"\x30\x82" + b"x" * 20_000)
+                store.save(any_staple(KEY, b"\x30\x82" + b"x" * 20_000))
         assert failure.value.errno == errno.ENOSPC
-        assert store.load(KEY) == good, "never replaced by a partial file"
+        assert loaded(store) == good, "never replaced by a partial file"
         assert sorted(p.name for p in state.iterdir()) == [store.path_for(KEY).name]
         if how == "mount":  # a private file system: nobody else changes its free space
             assert os.statvfs(state).f_bavail == free, "the temporary file's space is given back"
-        store.save(KEY, good[::-1])  # and the store works again once there is room
-        assert store.load(KEY) == good[::-1]
+        store.save(any_staple(KEY, good[::-1]))  # and the store works again once there is room
+        assert loaded(store) == good[::-1]
 
 
 # --- private permissions ---------------------------------------------------------------------------
@@ -214,10 +223,12 @@ import os, sys
 from pathlib import Path
 os.umask(0)
 from ocspproxy.log import configure_logging
-from ocspproxy.ocsp import CertKey
+from ocspproxy.core.ocsp import CertKey
 from ocspproxy.store import FileStore
 configure_logging(level="debug", fmt="json")
-FileStore(Path(sys.argv[1])).save(CertKey(alg="sha1", issuer_key_hash=bytes(20), serial=1), b"x")
+from tests.pki import any_staple
+key = CertKey(alg="sha1", issuer_key_hash=bytes(20), serial=1)
+FileStore(Path(sys.argv[1])).save(any_staple(key, b"x"))
 """
 
 
@@ -253,7 +264,7 @@ def test_new_state_directory_is_private_whatever_the_umask(tmp_path: Path) -> No
 
 def test_existing_open_state_directory_of_ours_is_tightened(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    FileStore(state).save(KEY, b"x")
+    FileStore(state).save(any_staple(KEY, b"x"))
     state.chmod(0o777)
     (state / ".tmp-leftover").write_bytes(b"partial")
     events = open_with_umask_0(state)
@@ -381,7 +392,8 @@ from pathlib import Path
 from ocspproxy.store import FileStore
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 errors = []
-entries = dict(FileStore(Path(sys.argv[1])).load_all(lambda path, exc: errors.append([path, repr(exc)])))
+store = FileStore(Path(sys.argv[1]))
+entries = [s.key for s in store.load_all(lambda path, exc: errors.append([path, repr(exc)]))]
 print(json.dumps({"entries": sorted(str(k) for k in entries), "errors": errors}))
 """
 
@@ -391,11 +403,11 @@ def test_unreadable_entry_is_reported_and_skipped(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         state = tmp_path / "state"
         store = FileStore(state)
-        store.save(KEY, b"good")
-        store.save(other, b"secret")
+        store.save(any_staple(KEY, b"good"))
+        store.save(any_staple(other, b"secret"))
         store.path_for(other).chmod(0)
         errors: list[tuple[str, Exception]] = []
-        assert dict(store.load_all(lambda path, exc: errors.append((path, exc)))) == {KEY: b"good"}
+        assert entries(store, lambda path, exc: errors.append((path, exc))) == {KEY: b"good"}
         assert [(p, type(e)) for p, e in errors] == [(str(store.path_for(other)), PermissionError)]
         return
     # Root reads everything: load as nobody from a directory nobody owns, holding a root-only file.
@@ -404,8 +416,8 @@ def test_unreadable_entry_is_reported_and_skipped(tmp_path: Path) -> None:
         base.chmod(0o755)
         state = base / "state"
         store = FileStore(state)
-        store.save(KEY, b"good")
-        store.save(other, b"secret")  # stays root's, mode 0600
+        store.save(any_staple(KEY, b"good"))
+        store.save(any_staple(other, b"secret"))  # stays root's, mode 0600
         for path in (state, store.path_for(KEY)):
             os.chown(path, 65534, 65534)
         done = run_snippet(_LOAD_AS_NOBODY, state)
@@ -424,7 +436,7 @@ def test_read_only_state_directory_at_start_up_is_not_fatal(
     require_mount()
     with tmpfs(tmp_path / "mnt") as mnt:
         state = mnt / "state"
-        FileStore(state).save(KEY, b"good")
+        FileStore(state).save(any_staple(KEY, b"good"))
         (state / ".tmp-left-by-a-crash").write_bytes(b"part")
         state.chmod(0o750)
         remount(mnt, read_only=True)
@@ -436,9 +448,9 @@ def test_read_only_state_directory_at_start_up_is_not_fatal(
             "state directory is not private; cannot change it",
         ]
         errors: list[str] = []
-        assert dict(store.load_all(lambda path, exc: errors.append(path))) == {KEY: b"good"}
+        assert entries(store, lambda path, exc: errors.append(path)) == {KEY: b"good"}
         assert errors == [], "a leftover temporary file is never taken for a staple"
         with pytest.raises(StoreError) as failure:
-            store.save(KEY, b"newer")
+            store.save(any_staple(KEY, b"newer"))
         assert failure.value.errno == errno.EROFS
-        assert store.load(KEY) == b"good"
+        assert loaded(store) == b"good"

@@ -14,7 +14,7 @@ from typing import NoReturn
 import pytest
 
 from tests.conftest import eventually
-from tests.pki import TestCA, pem
+from tests.pki import Leaf, TestCA, pem
 from tests.upstream import FakeUpstream, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ async def test_http10_post_like_mod_ssl(ca: TestCA, make_proxy) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
     body = ca.request(leaf.serial)
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     request = (
         f"POST /some/path?x=1 HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/ocsp-request\r\nConnection: close\r\n"
@@ -46,7 +46,7 @@ async def test_http10_post_like_mod_ssl(ca: TestCA, make_proxy) -> None:
     assert lines[0].endswith("200 ok")
     assert f"content-length: {len(payload)}" in lines
     assert not any(line.startswith("transfer-encoding") for line in lines)
-    stored = proxy.daemon.staples.servable(ca.cert_id(leaf.serial).key)
+    stored = proxy.app.cache.servable(ca.cert_id(leaf.serial).key)
     assert stored is not None and payload == stored.der
 
 
@@ -70,7 +70,7 @@ async def test_other_methods_get_405_with_an_ocsp_body(ca: TestCA, make_proxy) -
 async def test_one_log_line_per_request(ca: TestCA, make_proxy, capsys: pytest.CaptureFixture[str]) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
-    await eventually(lambda: proxy.daemon.staples.servable(ca.cert_id(leaf.serial).key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(ca.cert_id(leaf.serial).key) is not None)
     capsys.readouterr()
     await proxy.post(ca.request(leaf.serial))
     await proxy.post(b"junk")
@@ -191,7 +191,7 @@ async def test_stored_staple_with_a_broken_signature_is_never_served(
     assert answer.status == "TRY_LATER" and answer.body != bytes(tampered)
     upstream.behaviour = lambda serial: Reply(ca.respond(serial))
     key = ca.cert_id(leaf.serial).key
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=5)
     fresh = await proxy.post(ca.request(leaf.serial))
     assert fresh.cert_status == "GOOD" and fresh.body != good.body
 
@@ -202,8 +202,13 @@ async def test_stored_staples_are_all_checked_in_the_background(ca: TestCA, make
     for leaf in leaves:
         await proxy.post(ca.request(leaf.serial))
     await proxy.restart()
-    staples = proxy.daemon.staples
-    await eventually(lambda: all(staples._memory[ca.cert_id(leaf.serial).key].verified for leaf in leaves))
+    cache = proxy.app.cache
+
+    def checked(leaf: Leaf) -> bool:
+        held = cache.current(ca.cert_id(leaf.serial).key)
+        return held is not None and held.verified
+
+    await eventually(lambda: all(checked(leaf) for leaf in leaves))
 
 
 async def test_hit_whose_body_arrives_late_is_still_answered(ca: TestCA, make_proxy) -> None:
@@ -212,7 +217,7 @@ async def test_hit_whose_body_arrives_late_is_still_answered(ca: TestCA, make_pr
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
     body = ca.request(leaf.serial)
     fast = await proxy.post(body)
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"POST / HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
     await writer.drain()
@@ -231,7 +236,7 @@ async def test_a_bug_escaping_the_handler_is_internal_error_and_one_line_with_it
     async def broken(request: object) -> NoReturn:
         raise ZeroDivisionError("a bug")
 
-    proxy.daemon.server.request_handler = broken  # what aiohttp calls for each request from now on
+    proxy.app.server.request_handler = broken  # what aiohttp calls for each request from now on
     capsys.readouterr()
     answer = await proxy.post(b"junk")
     assert answer.http_status == 200 and answer.status == "INTERNAL_ERROR"

@@ -39,7 +39,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
 async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_proxy, workers: int) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf], workers=workers, **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     slow = []
     for _ in range(20):
         reader, writer = await open_raw(port)
@@ -55,7 +55,7 @@ async def test_slow_headers_are_cut_off_and_others_are_served(ca: TestCA, make_p
 async def test_slow_body_gets_408_malformed(ca: TestCA, make_proxy, workers: int) -> None:
     proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], workers=workers, **FAST).start()
     for _ in range(1 if workers == 1 else 4):  # with a worker, some of these go through it
-        reader, writer = await open_raw(proxy.daemon.address[1])
+        reader, writer = await open_raw(proxy.app.address[1])
         writer.write(
             b"POST / HTTP/1.0\r\nContent-Type: application/ocsp-request\r\nContent-Length: 100\r\n\r\n0123"
         )
@@ -68,10 +68,10 @@ async def test_slow_body_gets_408_malformed(ca: TestCA, make_proxy, workers: int
 async def test_connection_flood_is_capped_then_recovers(ca: TestCA, make_proxy) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf], max_connections=50, **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     flood = [await open_raw(port) for _ in range(2000)]
     await asyncio.sleep(0.2)
-    server = proxy.daemon.server
+    server = proxy.app.server
     assert server.gate.active <= 50
     assert server.refused >= 1900
     for _, writer in flood:
@@ -84,7 +84,7 @@ async def test_connection_flood_is_capped_then_recovers(ca: TestCA, make_proxy) 
 async def test_broken_http_and_huge_paths_do_not_hurt(ca: TestCA, make_proxy, workers: int) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf], workers=workers, **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     for junk in (
         2
         * workers
@@ -123,8 +123,8 @@ async def test_scanner_of_random_serials_cannot_hammer_the_ca(
     limited = [a for a in answers if a.status == "TRY_LATER"]
     assert len(limited) >= 190
     # Nothing of theirs is kept: "unknown" answers for unconfigured serials are handed on only.
-    assert len(proxy.daemon.staples) == 1
-    assert len(proxy.daemon.scheduler) == 1
+    assert len(proxy.app.cache) == 1
+    assert len(proxy.app.scheduler) == 1
 
 
 async def test_on_demand_fetch_rate_is_per_issuer(
@@ -215,7 +215,7 @@ async def test_bad_http_is_answered_malformed_and_logged_as_one_request_line(
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf], **FAST).start()
     capfd.readouterr()
-    assert_malformed_answer(await exchange(proxy.daemon.address[1], data), http_status)
+    assert_malformed_answer(await exchange(proxy.app.address[1], data), http_status)
     (line,) = malformed(log_lines(capfd.readouterr().err))
     assert line["detail"] == kind and line["peer"] == "127.0.0.1"
     # Nothing reached stdlib logging with a traceback (aiohttp logs one there).
@@ -227,7 +227,7 @@ async def test_bad_http_through_a_worker_is_answered_and_logged_the_same(
     ca: TestCA, make_proxy, capfd: pytest.CaptureFixture[str]
 ) -> None:
     proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], workers=2, **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     kinds = set()
     for _ in range(4):  # about half the connections go to the worker, which hands them on
         for data, http_status, kind in BAD_HTTP.values():
@@ -241,7 +241,7 @@ async def test_a_body_broken_off_or_undecodable_is_one_request_line(
     ca: TestCA, make_proxy, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     capfd.readouterr()
     gzip = b"POST / HTTP/1.0\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n0123456789"
     assert_malformed_answer(await exchange(port, gzip), 400)
@@ -269,7 +269,7 @@ async def test_a_flood_of_one_kind_is_one_line_and_a_count(
 ) -> None:
     monkeypatch.setattr(ocspproxy.log, "REPEAT_INTERVAL", 3.0)
     proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], **FAST).start()
-    port = proxy.daemon.address[1]
+    port = proxy.app.address[1]
     capfd.readouterr()
     for _ in range(10):
         await asyncio.gather(*(exchange(port, b"\x00garbage\r\n\r\n") for _ in range(20)))

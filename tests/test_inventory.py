@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from ocspproxy.certs.build import build_inventory
+from ocspproxy.certs.inventory import CertSource
 from ocspproxy.config import Config
-from ocspproxy.inventory import CertSource, build_inventory
 from tests.conftest import Proxy
 from tests.pki import Leaf, TestCA, pem
 from tests.upstream import Reply
@@ -215,7 +217,7 @@ async def test_apache_config_drives_the_inventory(tmp_path: Path, upstream, make
     )
     proxy = make_proxy(ca=ca, leaves=[], apache_config=tmp_path / "httpd.conf")
     await proxy.start()
-    assert list(proxy.daemon.inventory.targets) == [ca.cert_id(leaf.serial).key]
+    assert list(proxy.app.inventory.targets) == [ca.cert_id(leaf.serial).key]
     answer = await proxy.post(ca.request(leaf.serial))
     assert answer.cert_status == "GOOD"
 
@@ -236,9 +238,8 @@ async def test_nothing_to_staple_is_said_once_with_why(
     config = Config(listen_port=0, state_dir=tmp_path / "state", apache_config=apache, watch_interval=0.5)
     proxy = Proxy(config)
     await proxy.start()
-    assert proxy.daemon is not None
-    for _ in range(3):  # watch passes that find nothing changed say nothing again
-        await proxy.daemon._compare_and_reload()
+    assert proxy.app is not None
+    await asyncio.sleep(1.6)  # watch passes (every 0.5 s) that find nothing changed say nothing again
     (said,) = _warnings(capsys.readouterr().err, "no certificates to keep stapled")
     assert said["level"] == "warning"
     if apache is None:
@@ -250,7 +251,7 @@ async def test_nothing_to_staple_is_said_once_with_why(
             "no SSLCertificateFile in effect"
         )
         assert said["misspelt"] == [f"SSLCertificateFiel at {apache}:2 (mod_ssl has SSLCertificateFile)"]
-    await proxy.daemon.reload("SIGHUP")  # still true: said again
+    await proxy.app.reload("SIGHUP")  # still true: said again
     assert len(_warnings(capsys.readouterr().err, "no certificates to keep stapled")) == 1
     await proxy.stop()
 

@@ -14,7 +14,7 @@ from cryptography.x509 import ocsp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocspproxy.ocsp import (
+from ocspproxy.core.ocsp import (
     CertKey,
     MalformedRequest,
     ResponseStatus,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ocspproxy.outbox import Outbox
+from ocspproxy.workers.outbox import Outbox
 
 Pair = tuple[socket.socket, socket.socket]
 

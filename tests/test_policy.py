@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.policy import RefreshPolicy, Verdict, accept
-from ocspproxy.staple import CertStatus, Staple
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.policy import RefreshPolicy, Verdict, accept
+from ocspproxy.core.staple import CertStatus, Staple
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KEY = CertKey(alg="sha1", issuer_key_hash=b"\x01" * 20, serial=7)

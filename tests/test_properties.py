@@ -39,9 +39,9 @@ from hypothesis import strategies as st
 
 from fuzz import der, harness, oracle
 from fuzz.oracle import GetEncoding, ResponseContext
-from ocspproxy.ocsp import CertKey, MalformedRequest, build_request, decode_get_path, parse_request
-from ocspproxy.staple import CertStatus, Staple
-from ocspproxy.validate import InvalidResponse, validate_response
+from ocspproxy.core.ocsp import CertKey, MalformedRequest, build_request, decode_get_path, parse_request
+from ocspproxy.core.staple import CertStatus, Staple
+from ocspproxy.core.validate import InvalidResponse, validate_response
 from tests.pki import TestCA, _key, make_cert, now
 
 ROOT = Path(__file__).resolve().parent.parent

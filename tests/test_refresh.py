@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ocspproxy.config import load_config
-from ocspproxy.policy import RefreshPolicy
+from ocspproxy.core.policy import RefreshPolicy
 from tests.conftest import eventually
 from tests.pki import TestCA, pem
 from tests.upstream import FakeUpstream, Reply
@@ -28,10 +28,10 @@ async def test_short_validity_is_refreshed_before_expiry_without_hammering(
     leaf = ca.leaf()
     key = ca.cert_id(leaf.serial).key
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None)
     seen = set()
     for _ in range(160):  # ~8 s, well past two validity windows
-        staple = proxy.daemon.staples.servable(key)
+        staple = proxy.app.cache.servable(key)
         assert staple is not None, "the staple lapsed: refresh came too late"
         seen.add(staple.this_update)
         await asyncio.sleep(0.05)
@@ -55,7 +55,7 @@ async def test_failing_ca_is_retried_with_backoff(ca: TestCA, upstream: FakeUpst
     assert gaps[3] > 2 * gaps[0], gaps
     upstream.behaviour = lambda serial: Reply(ca.respond(serial))
     key = ca.cert_id(leaf.serial).key
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=3)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=3)
 
 
 async def test_requested_certid_joins_the_prefetch_set(ca: TestCA, make_proxy) -> None:
@@ -63,7 +63,7 @@ async def test_requested_certid_joins_the_prefetch_set(ca: TestCA, make_proxy) -
     proxy = await make_proxy(ca=ca, leaves=[configured]).start()
     answer = await proxy.post(ca.request(other.serial))
     assert answer.cert_status == "GOOD"
-    assert ca.cert_id(other.serial).key in proxy.daemon.scheduler
+    assert ca.cert_id(other.serial).key in proxy.app.scheduler
 
 
 async def test_unknown_serials_do_not_join_the_prefetch_set(
@@ -74,8 +74,8 @@ async def test_unknown_serials_do_not_join_the_prefetch_set(
     answer = await proxy.post(ca.request(987654321))
     assert answer.cert_status == "UNKNOWN"
     key = ca.cert_id(987654321).key
-    assert key not in proxy.daemon.scheduler
-    assert proxy.daemon.staples.current(key) is None, "not held in memory"
+    assert key not in proxy.app.scheduler
+    assert proxy.app.cache.current(key) is None, "not held in memory"
     assert not list(Path(proxy.config.state_dir).glob(f"*-{key.serial:x}.der")), "not written to disk"
 
 
@@ -89,8 +89,8 @@ async def test_changed_certificate_file_is_fetched_without_restart(
     leaf_path = Path(proxy.config.certs[0])
     leaf_path.write_bytes(pem(renewed.cert))
     key = ca.cert_id(renewed.serial).key
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
-    assert ca.cert_id(old.serial).key not in proxy.daemon.scheduler
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=5)
+    assert ca.cert_id(old.serial).key not in proxy.app.scheduler
 
 
 async def test_reload_with_broken_apache_config_keeps_previous_state(
@@ -101,8 +101,8 @@ async def test_reload_with_broken_apache_config_keeps_previous_state(
     apache.write_text("Listen 443\n")
     proxy = await make_proxy(ca=ca, leaves=[leaf], apache_config=apache).start()
     apache.write_text("<VirtualHost *:443>\n")  # unbalanced: unreadable
-    await proxy.daemon.reload("test")
-    assert ca.cert_id(leaf.serial).key in proxy.daemon.inventory.targets
+    await proxy.app.reload("test")
+    assert ca.cert_id(leaf.serial).key in proxy.app.inventory.targets
 
 
 async def test_unreadable_certificate_file_keeps_its_previous_certificate(
@@ -112,8 +112,8 @@ async def test_unreadable_certificate_file_keeps_its_previous_certificate(
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
     key = ca.cert_id(leaf.serial).key
     Path(proxy.config.certs[0]).write_text("-----BEGIN CERTIFICATE-----\nhalf-written\n")
-    await proxy.daemon.reload("test")
-    assert key in proxy.daemon.inventory.targets and key in proxy.daemon.scheduler
+    await proxy.app.reload("test")
+    assert key in proxy.app.inventory.targets and key in proxy.app.scheduler
     assert (await proxy.post(ca.request(leaf.serial))).cert_status == "GOOD"
 
 
@@ -126,13 +126,13 @@ async def test_reload_rereads_the_config_and_keeps_it_when_broken(
     config_file.write_text(f'certs = ["{proxy.config.certs[0]}"]\n')  # drops the second certificate
     proxy.reread = lambda: dataclasses.replace(proxy.config, certs=load_config(config_file).certs)
     await proxy.start()
-    assert len(proxy.daemon.inventory.targets) == 2
-    await proxy.daemon.reload("SIGHUP")
-    assert list(proxy.daemon.inventory.targets) == [ca.cert_id(first.serial).key]
+    assert len(proxy.app.inventory.targets) == 2
+    await proxy.app.reload("SIGHUP")
+    assert list(proxy.app.inventory.targets) == [ca.cert_id(first.serial).key]
     config_file.write_text("[refresh]\nfraction = 7\n")
-    await proxy.daemon.reload("SIGHUP")  # logged; the previous configuration stays
-    assert list(proxy.daemon.inventory.targets) == [ca.cert_id(first.serial).key]
-    assert proxy.daemon.config.refresh.fraction == 0.5
+    await proxy.app.reload("SIGHUP")  # logged; the previous configuration stays
+    assert list(proxy.app.inventory.targets) == [ca.cert_id(first.serial).key]
+    assert proxy.app.config.refresh.fraction == 0.5
 
 
 async def test_renewed_certificate_is_noticed_at_once_without_polling(
@@ -147,7 +147,7 @@ async def test_renewed_certificate_is_noticed_at_once_without_polling(
     tmp.write_bytes(pem(renewed.cert))
     tmp.replace(proxy.config.certs[0])  # the way renewal tools replace a file
     key = ca.cert_id(renewed.serial).key
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=5)
 
 
 async def test_a_certificate_behind_a_symbolic_link_is_watched_where_it_lives(
@@ -164,12 +164,13 @@ async def test_a_certificate_behind_a_symbolic_link_is_watched_where_it_lives(
     proxy = make_proxy(ca=ca, leaves=[old], watch_interval=3600.0)
     proxy.config = dataclasses.replace(proxy.config, certs=(str(live / "site.pem"),))
     await proxy.start()
-    assert {archive, live} <= await asyncio.to_thread(proxy.daemon._watched_directories)
+    assert proxy.app.watcher is not None
+    assert {archive, live} <= await asyncio.to_thread(proxy.app.watcher.directories)
     await eventually(lambda: old.serial in upstream.requests)
     renewed = ca.leaf()
     (archive / "site1.pem").write_bytes(pem(renewed.cert))  # in place, behind the link
     key = ca.cert_id(renewed.serial).key
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=5)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=5)
 
 
 def _lines(text: str) -> list[dict[str, object]]:
@@ -191,12 +192,12 @@ async def test_revocation_of_a_long_lived_staple_arrives_within_max_interval(
     key = ca.cert_id(leaf.serial).key
     policy = RefreshPolicy(max_interval=1.0, retry_initial=0.2, retry_max=2.0, retry_min=0.1)
     proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None)
     status["now"] = "revoked"
     revoked_at = asyncio.get_running_loop().time()
 
     def revoked() -> bool:
-        staple = proxy.daemon.staples.servable(key)
+        staple = proxy.app.cache.servable(key)
         return staple is not None and staple.status == "revoked"
 
     await eventually(revoked, timeout=3)
@@ -213,7 +214,7 @@ async def test_first_fetch_revoked_for_a_configured_certificate_is_critical(
     leaf = ca.leaf()
     key = ca.cert_id(leaf.serial).key
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None)
     lines = _lines(capsys.readouterr().err)
     critical = [r for r in lines if r.get("level") == "critical"]
     assert len(critical) == 1 and critical[0]["event"] == "certificate revoked"
@@ -229,7 +230,7 @@ async def test_revoked_answer_for_an_unconfigured_certificate_is_not_critical(
 ) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
-    await eventually(lambda: proxy.daemon.staples.servable(ca.cert_id(leaf.serial).key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(ca.cert_id(leaf.serial).key) is not None)
     upstream.behaviour = lambda serial: Reply(ca.respond(serial, status="revoked"))
     assert (await proxy.post(ca.request(424242))).cert_status == "REVOKED"
     assert not [r for r in _lines(capsys.readouterr().err) if r.get("level") == "critical"]
@@ -247,11 +248,11 @@ async def test_returning_ca_is_noticed_soon_after_a_long_outage(
     key = ca.cert_id(leaf.serial).key
     policy = RefreshPolicy(retry_initial=0.1, retry_max=30.0, retry_unservable=0.5, retry_min=0.05)
     proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None)
     upstream.behaviour = lambda serial: Reply(status=500)
-    await eventually(lambda: proxy.daemon.staples.servable(key) is None, timeout=3)
+    await eventually(lambda: proxy.app.cache.servable(key) is None, timeout=3)
     await asyncio.sleep(3)  # a long outage: 30-s steps without the bound
     upstream.behaviour = lambda serial: Reply(ca.respond(serial, validity=dt.timedelta(hours=1)))
     back = asyncio.get_running_loop().time()
-    await eventually(lambda: proxy.daemon.staples.servable(key) is not None, timeout=3)
+    await eventually(lambda: proxy.app.cache.servable(key) is not None, timeout=3)
     assert asyncio.get_running_loop().time() - back <= 0.5 + 0.3

@@ -8,11 +8,15 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.policy import RefreshPolicy
-from ocspproxy.scheduler import Job, Scheduler
-from ocspproxy.staple import CertStatus, Staple
-from ocspproxy.staples import FetchResult, Refreshed, Staples
+from ocspproxy.cache.door import Ingested, Result
+from ocspproxy.cache.memory import Cache
+from ocspproxy.cache.refresher import Refresher
+from ocspproxy.cache.scheduler import Scheduler
+from ocspproxy.certs.catalog import Catalog
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.policy import RefreshPolicy
+from ocspproxy.core.staple import CertStatus, Staple
+from ocspproxy.upstream.base import Job
 from tests.pki import TestCA
 
 VALIDITY = timedelta(hours=1)
@@ -28,8 +32,9 @@ class WallClock:
 
 
 class FakeStaples:
-    """Stands in for Staples: every refresh yields a fresh staple (one hour unless told otherwise) at
-    the wall clock's now; with ``failing`` set, every refresh fails and nothing changes."""
+    """Stands in for the cache and the refresher: every refresh yields a fresh staple (one hour
+    unless told otherwise) at the wall clock's now; with ``failing`` set, every refresh fails and
+    nothing changes."""
 
     def __init__(self, clock: WallClock, validity: timedelta = VALIDITY) -> None:
         self.clock = clock
@@ -60,16 +65,21 @@ class FakeStaples:
             produced_at=this_update,
         )
 
-    def refresh(self, key: CertKey, **_: object) -> asyncio.Task[Refreshed]:
-        async def fetch() -> Refreshed:
+    def refresh(self, key: CertKey, job: Job, **_: object) -> asyncio.Task[Ingested]:
+        async def fetch() -> Ingested:
             self.fetches.append((key, self.clock()))
             self.fetched_at.append(asyncio.get_running_loop().time())
             if self.failing:
-                return Refreshed(FetchResult.FAILED, "CA down", self.servable(key))
+                return Ingested(Result.FAILED, "CA down", self.servable(key))
             self.hold(key, self.clock())
-            return Refreshed(FetchResult.STORED, "newer", self.held[key])
+            return Ingested(Result.STORED, "newer", self.held[key])
 
         return asyncio.create_task(fetch())
+
+
+class FakeCatalog:
+    def job_for(self, key: CertKey) -> Job:
+        return Job(issuer_cert=CA.cert, name_hash=b"", url="http://ca.test/")
 
 
 def make(
@@ -81,8 +91,9 @@ def make(
     for key in keys:
         staples.hold(key, clock())
     scheduler = Scheduler(
-        staples=cast(Staples, staples),
-        resolve=lambda key: Job(issuer_cert=CA.cert, name_hash=b"", url="http://ca.test/"),
+        cache=cast(Cache, staples),
+        refresher=cast(Refresher, staples),
+        catalog=cast(Catalog, FakeCatalog()),
         policy=policy or RefreshPolicy(),
         clock=clock,
         rng=random.Random(5),

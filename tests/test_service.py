@@ -13,7 +13,7 @@ from tests.upstream import FakeUpstream, Reply
 async def test_prefetches_at_startup_and_serves_hits(ca: TestCA, upstream: FakeUpstream, make_proxy) -> None:
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf]).start()
-    await eventually(lambda: proxy.daemon.staples.servable(ca.cert_id(leaf.serial).key) is not None)
+    await eventually(lambda: proxy.app.cache.servable(ca.cert_id(leaf.serial).key) is not None)
     assert upstream.requests == [leaf.serial]
 
     answer = await proxy.post(ca.request(leaf.serial))

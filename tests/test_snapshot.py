@@ -13,72 +13,100 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
-from ocspproxy import snapshot
-from ocspproxy.ocsp import CertKey
-from ocspproxy.staple import CertStatus, Staple
-from ocspproxy.staples import Staples
-from ocspproxy.store import FileStore, Stamp
-from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
-from ocspproxy.upstream import Fetcher, UpstreamSettings
-from ocspproxy.validate import validate_response
+from ocspproxy.cache.door import Door, Origin
+from ocspproxy.cache.events import Events, Listener
+from ocspproxy.cache.warmstart import WarmStart
+from ocspproxy.certs.catalog import Catalog
+from ocspproxy.certs.inventory import Inventory, Issuer
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.staple import CertStatus, Staple
+from ocspproxy.core.validate import Rules, validate_response
+from ocspproxy.steps import run_steps
+from ocspproxy.store import FileStore, snapshot
+from ocspproxy.store import files as files_module
+from ocspproxy.store.atomic import Stamp, write_atomically
+from ocspproxy.store.directory import INDEX_NAME, SNAPSHOT_NAME
 from tests.pki import TestCA, now
 
 CA = TestCA(ocsp_url="http://ocsp.test/")
 SKEW = dt.timedelta(seconds=300)
 
 
-def issuer_of(key: CertKey) -> x509.Certificate | None:
-    return CA.cert if key == CA.cert_id(key.serial).key else None
+class Dropped(Listener):
+    def __init__(self) -> None:
+        self.keys: list[CertKey] = []
+
+    def dropped(self, key: CertKey) -> None:
+        self.keys.append(key)
 
 
-def make_staples(store: FileStore, *, clock: dt.datetime | None = None) -> Staples:
-    return Staples(
-        store=store,
-        fetcher=Fetcher(UpstreamSettings()),  # never started: nothing is fetched here
-        clock=(lambda: clock) if clock is not None else now,
-        skew=SKEW,
-        negative_ttl=0.0,
-        memory_max=1000,
-    )
+class Rig:
+    """The door and the start-up load over a file store, with CA's issuer known."""
+
+    def __init__(self, store: FileStore, *, clock: dt.datetime | None = None) -> None:
+        inventory = Inventory()
+        inventory.add_issuer(Issuer.of(CA.cert))
+        self.store = store
+        self.events = Events()
+        self.door = Door(
+            store=store,
+            catalog=Catalog(inventory),
+            events=self.events,
+            rules=Rules(skew=SKEW),
+            clock=(lambda: clock) if clock is not None else now,
+            memory_max=1000,
+        )
+        self.warm = WarmStart(store=store, door=self.door)
+
+    def load(self) -> tuple[int, int]:
+        self.warm.open()
+        return run_steps(self.warm.load_steps())
+
+    def served(self, key: CertKey) -> Staple | None:
+        """What a request gets: the held staple, its signature checked first."""
+        held = self.door.cache.current(key)
+        return None if held is None else self.door.confirm(held)
+
+    async def accepted(self, der: bytes, serial: int) -> None:
+        """The one door: validated, accepted, on disk first, then in memory."""
+        ingested = await self.door.ingest(CA.cert_id(serial).key, der, Origin.CA)
+        assert ingested.result in ("stored", "revoked"), ingested.reason
+
+    async def checkpoint(self) -> None:
+        await asyncio.to_thread(self.store.checkpoint, now())
+
+    async def close(self) -> None:
+        await self.door.close()
+        await self.checkpoint()
 
 
 def valid(der: bytes, serial: int) -> Staple:
     return validate_response(der, key=CA.cert_id(serial).key, issuer=CA.cert, now=now(), skew=SKEW)
 
 
-async def accepted(staples: Staples, der: bytes, serial: int) -> None:
-    """The one write path: accept (on disk first, then in memory)."""
-    await staples._accept(valid(der, serial))
-
-
-def load(staples: Staples) -> tuple[int, int]:
-    return staples.load(issuer_of)
-
-
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Names of the staple files read."""
     seen: list[str] = []
-    real = FileStore._read
+    real = FileStore._read_entry
 
-    def counting(path: Path) -> tuple[bytes, Stamp]:
+    def counting(path: Path) -> tuple[bytes, os.stat_result]:
         seen.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(FileStore, "_read", staticmethod(counting))
+    monkeypatch.setattr(FileStore, "_read_entry", staticmethod(counting))
     yield seen
 
 
 async def a_state(tmp_path: Path, serials: list[int]) -> tuple[Path, dict[int, bytes]]:
     """A state directory with a good staple per serial and a snapshot of them."""
     state = tmp_path / "state"
-    staples = make_staples(FileStore(state))
+    rig = Rig(FileStore(state))
     ders = {serial: CA.respond(serial) for serial in serials}
     for serial, der in ders.items():
-        await accepted(staples, der, serial)
-    await staples.close()  # writes the snapshot
+        await rig.accepted(der, serial)
+    await rig.close()  # writes the snapshot
     assert (state / SNAPSHOT_NAME).exists()
     return state, ders
 
@@ -89,46 +117,47 @@ async def test_a_snapshot_hit_builds_unverified_staples_checked_before_served(
     serials = [CA.leaf().serial for _ in range(3)]
     state, ders = await a_state(tmp_path, serials)
     reads.clear()
-    staples = make_staples(FileStore(state))
-    assert load(staples) == (3, 0)
+    rig = Rig(FileStore(state))
+    assert rig.load() == (3, 0)
     assert reads == []  # only lstat-ed
     for serial in serials:
         key = CA.cert_id(serial).key
-        held = staples.held_until(key)
+        held = rig.door.cache.held_until(key)
         assert held is not None and not held.verified
-        served = staples.servable(key)
+        assert rig.door.cache.servable(key) is None, "never served unchecked"
+        served = rig.served(key)
         assert served is not None and served.verified and served.der == ders[serial]
         assert served == valid(ders[serial], serial)  # the same fields as parsing the file
+        assert rig.door.cache.servable(key) == served
     # The same as a start-up without a snapshot.
     (state / SNAPSHOT_NAME).unlink()
-    without = make_staples(FileStore(state))
-    assert load(without) == (3, 0)
+    without = Rig(FileStore(state))
+    assert without.load() == (3, 0)
     assert len(reads) == 3
 
 
 async def test_a_tampered_snapshot_der_is_dropped_at_verification(tmp_path: Path, reads: list[str]) -> None:
     good, tampered = CA.leaf().serial, CA.leaf().serial
     state, ders = await a_state(tmp_path, [good, tampered])
-    store = FileStore(state)
-    data = store.read_snapshot()
-    assert data is not None
-    entries = snapshot.decode(data)
+    entries = snapshot.decode((state / SNAPSHOT_NAME).read_bytes())
     key = CA.cert_id(tampered).key
     stamp, staple = entries[key]
     der = bytearray(staple.der)
     der[-5] ^= 0x01  # inside the signature
     entries[key] = (stamp, dataclasses.replace(staple, der=bytes(der)))
-    store.write_snapshot(snapshot.encode(entries.values()))
+    (state / SNAPSHOT_NAME).write_bytes(snapshot.encode(entries.values()))
 
     reads.clear()
-    staples = make_staples(store)
-    dropped: list[CertKey] = []
-    staples.dropped = dropped.append
-    assert load(staples) == (2, 0)
+    rig = Rig(FileStore(state))
+    dropped = Dropped()
+    rig.events.subscribe(dropped)
+    assert rig.load() == (2, 0)
     assert reads == []  # both taken from the snapshot ...
-    assert staples.servable(key) is None  # ... and the tampered one never served
-    assert dropped == [key]
-    served = staples.servable(CA.cert_id(good).key)
+    assert rig.served(key) is None  # ... and the tampered one never served
+    await asyncio.sleep(0)  # listeners are told on the loop's next turn
+    assert dropped.keys == [key]
+    assert rig.door.cache.current(key) is None
+    served = rig.served(CA.cert_id(good).key)
     assert served is not None and served.der == ders[good]
 
 
@@ -137,12 +166,12 @@ async def test_a_file_replaced_after_the_snapshot_wins(tmp_path: Path, reads: li
     state, _ = await a_state(tmp_path, [serial])
     # A newer staple (revoked) written after the snapshot, e.g. just before a crash.
     revoked = CA.respond(serial, status="revoked", this_update=now() - dt.timedelta(seconds=10))
-    FileStore(state).save(CA.cert_id(serial).key, revoked)
+    FileStore(state).save(valid(revoked, serial))
     reads.clear()
-    staples = make_staples(FileStore(state))
-    assert load(staples) == (1, 0)
+    rig = Rig(FileStore(state))
+    assert rig.load() == (1, 0)
     assert len(reads) == 1
-    served = staples.servable(CA.cert_id(serial).key)
+    served = rig.served(CA.cert_id(serial).key)
     assert served is not None and served.status is CertStatus.REVOKED and served.der == revoked
 
 
@@ -154,11 +183,10 @@ class PausingStore(FileStore):
         self.written = threading.Event()
         self.release = threading.Event()
 
-    def save(self, key: CertKey, der: bytes) -> Stamp:
-        stamp = super().save(key, der)
+    def save(self, staple: Staple) -> None:
+        super().save(staple)
         self.written.set()
         assert self.release.wait(10)
-        return stamp
 
 
 async def test_a_save_in_flight_during_the_snapshot_is_never_paired_with_the_old_staple(
@@ -167,41 +195,45 @@ async def test_a_save_in_flight_during_the_snapshot_is_never_paired_with_the_old
     serial = CA.leaf().serial
     key = CA.cert_id(serial).key
     state, ders = await a_state(tmp_path, [serial])
+    other = CA.leaf().serial
+    FileStore(state).save(valid(CA.respond(other), other))  # a file the snapshot does not know
     store = PausingStore(state)
-    staples = make_staples(store)
-    assert load(staples) == (1, 0)
-    staples._stamps_changed = True  # pretend something else changed: a snapshot is due
+    rig = Rig(store)
+    assert rig.load() == (2, 0)  # so a snapshot is due
 
     revoked = CA.respond(serial, status="revoked", this_update=now() - dt.timedelta(seconds=10))
-    saving = asyncio.create_task(accepted(staples, revoked, serial))
+    saving = asyncio.create_task(rig.accepted(revoked, serial))
     assert await asyncio.to_thread(store.written.wait, 10)
-    await staples.save_snapshot()  # the revoked file is on disk; its save has not returned
+    await rig.checkpoint()  # the revoked file is on disk; its save has not returned
     store.release.set()
     await saving
 
     entries = snapshot.decode((state / SNAPSHOT_NAME).read_bytes())
     stamp, staple = entries[key]
-    assert staple.der == ders[serial]  # the good staple, with the stamp of the file it was in ...
-    assert stamp != Stamp.of(os.lstat(store.path_for(key)))  # ... which is no longer the one there
-    restarted = make_staples(FileStore(state))  # a crash now: the snapshot is not written again
-    assert load(restarted) == (1, 0)
-    served = restarted.servable(key)
+    # Whichever staple the snapshot holds, it comes with the stamp of the file that held exactly it:
+    # the good one with the old file's stamp, or the revoked one with the new file's.
+    on_disk = Stamp.of(os.lstat(store.path_for(key)))
+    assert staple.der in (ders[serial], revoked)
+    assert (stamp == on_disk) == (staple.der == revoked)
+    restarted = Rig(FileStore(state))  # a crash now: the snapshot is not written again
+    assert restarted.load() == (2, 0)
+    served = restarted.served(key)
     assert served is not None and served.status is CertStatus.REVOKED
 
 
 async def test_expired_snapshot_entries_are_removed(tmp_path: Path, reads: list[str]) -> None:
     short, long = CA.leaf().serial, CA.leaf().serial
     state = tmp_path / "state"
-    staples = make_staples(FileStore(state))
-    await accepted(staples, CA.respond(short, validity=dt.timedelta(minutes=5)), short)
-    await accepted(staples, CA.respond(long, validity=dt.timedelta(hours=5)), long)
-    await staples.close()
+    rig = Rig(FileStore(state))
+    await rig.accepted(CA.respond(short, validity=dt.timedelta(minutes=5)), short)
+    await rig.accepted(CA.respond(long, validity=dt.timedelta(hours=5)), long)
+    await rig.close()
     reads.clear()
-    later = make_staples(FileStore(state), clock=now() + dt.timedelta(minutes=10))
-    assert load(later) == (1, 1)
+    later = Rig(FileStore(state), clock=now() + dt.timedelta(minutes=10))
+    assert later.load() == (1, 1)
     assert reads == []
     assert not FileStore(state).path_for(CA.cert_id(short).key).exists()
-    assert later.held_until(CA.cert_id(long).key) is not None
+    assert later.door.cache.held_until(CA.cert_id(long).key) is not None
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "version", "garbage", "empty"])
@@ -225,11 +257,11 @@ async def test_an_unusable_snapshot_is_ignored(tmp_path: Path, reads: list[str],
     with pytest.raises(ValueError):
         snapshot.decode(path.read_bytes())
     reads.clear()
-    staples = make_staples(FileStore(state))
-    assert load(staples) == (3, 0)
+    rig = Rig(FileStore(state))
+    assert rig.load() == (3, 0)
     assert len(reads) == 3  # every file read, as without a snapshot
     for serial in serials:
-        served = staples.servable(CA.cert_id(serial).key)
+        served = rig.served(CA.cert_id(serial).key)
         assert served is not None and served.der == ders[serial]
 
 
@@ -240,14 +272,15 @@ async def test_the_snapshot_is_written_after_the_background_check_and_only_when_
     state, _ = await a_state(tmp_path, [serial])
     path = state / SNAPSHOT_NAME
     (state / SNAPSHOT_NAME).unlink()
-    staples = make_staples(FileStore(state))
-    load(staples)
-    await staples.verify_stored()
+    rig = Rig(FileStore(state))
+    rig.load()
+    await rig.warm.check_all()
+    await rig.checkpoint()
     assert path.exists()
     written = path.stat().st_ino
-    again = make_staples(FileStore(state))
-    load(again)
-    await again.verify_stored()
+    again = Rig(FileStore(state))
+    again.load()
+    await again.warm.check_all()
     await again.close()
     assert path.stat().st_ino == written  # all from the snapshot: nothing new to write
 
@@ -256,8 +289,9 @@ def test_state_files_do_not_upset_the_directory_checks(tmp_path: Path) -> None:
     state = tmp_path / "state"
     store = FileStore(state)
     key = CA.cert_id(1).key
-    store.save(key, b"der")
-    store.write_snapshot(b"snapshot")
+    staple = valid(CA.respond(1), 1)
+    store.save(staple)
+    store.checkpoint(now())
     (state / INDEX_NAME).write_bytes(b"index")
     (state / f".tmp-{SNAPSHOT_NAME}.0123abcd").write_bytes(b"torn")
     (state / f".tmp-{INDEX_NAME}.0123abcd").write_bytes(b"torn")
@@ -266,26 +300,36 @@ def test_state_files_do_not_upset_the_directory_checks(tmp_path: Path) -> None:
     reopened = FileStore(state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700  # tightened: nothing foreign there
     assert sorted(os.listdir(state)) == sorted([f"{key}.der", INDEX_NAME, SNAPSHOT_NAME])
-    assert dict(reopened.load_all(lambda path, exc: errors.append(path))) == {key: b"der"}
+    loaded = {s.key: s.der for s in reopened.load_all(lambda path, exc: errors.append(path))}
+    assert loaded == {key: staple.der}
     assert errors == []
     assert stat.S_IMODE((state / SNAPSHOT_NAME).stat().st_mode) == 0o600
 
 
-def test_a_saved_file_keeps_the_stamp_save_returned(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "state")
-    key = CA.cert_id(1).key
-    stamp = store.save(key, b"one")
-    assert Stamp.of(os.lstat(store.path_for(key))) == stamp
-    assert list(store.load_all_stamped(lambda p, e: None, {key: stamp})) == [(key, stamp, None)]
-    newer = store.save(key, b"two")
-    assert newer != stamp
-    assert list(store.load_all_stamped(lambda p, e: None, {key: stamp})) == [(key, newer, b"two")]
+def test_a_saved_file_is_paired_with_the_stamp_of_the_written_file(tmp_path: Path, reads: list[str]) -> None:
+    state = tmp_path / "state"
+    store = FileStore(state)
+    one = valid(CA.respond(1), 1)
+    store.save(one)
+    store.checkpoint(now())
+    entries = snapshot.decode((state / SNAPSHOT_NAME).read_bytes())
+    assert entries[one.key][0] == Stamp.of(os.lstat(store.path_for(one.key)))
+    again = FileStore(state)
+    again.prepare()
+    assert [(s.key, s.hint is not None) for s in again.load_all(lambda p, e: None)] == [(one.key, True)]
+    assert reads == []
+    two = valid(CA.respond(1, this_update=now() - dt.timedelta(seconds=5)), 1)
+    store.save(two)  # a new file, another stamp: read, not taken from the snapshot
+    third = FileStore(state)
+    third.prepare()
+    assert [(s.der, s.hint) for s in third.load_all(lambda p, e: None)] == [(two.der, None)]
+    assert reads == [store.path_for(one.key).name]
 
 
 def test_times_come_back_to_the_microsecond() -> None:
     import random
 
-    from ocspproxy.snapshot import _EPOCH, _US, _time, _us
+    from ocspproxy.store.snapshot import _EPOCH, _US, _time, _us
 
     rng = random.Random(7)
     samples = [0, 1, (1 << 32) * 1_000_000 - 1, (1 << 32) * 1_000_000, -1, -(10**15)]
@@ -300,25 +344,24 @@ async def test_a_snapshot_write_cut_short_by_shutdown_is_finished_then_written_a
 ) -> None:
     first, later = CA.leaf().serial, CA.leaf().serial
     state = tmp_path / "state"
-    store = FileStore(state)
-    staples = make_staples(store)
-    await accepted(staples, CA.respond(first), first)
-    real = store.write_snapshot
+    rig = Rig(FileStore(state))
+    await rig.accepted(CA.respond(first), first)
+    real = write_atomically
     started = threading.Event()
 
-    def slow(data: bytes) -> None:
-        if not started.is_set():
+    def slow(directory: Path, name: str, data: bytes) -> Stamp:
+        if name == SNAPSHOT_NAME and not started.is_set():
             started.set()
             time.sleep(0.3)  # a slow disk, the first time
-        real(data)
+        return real(directory, name, data)
 
-    monkeypatch.setattr(store, "write_snapshot", slow)
-    saving = asyncio.create_task(staples.save_snapshot())
+    monkeypatch.setattr(files_module, "write_atomically", slow)
+    saving = asyncio.create_task(rig.checkpoint())
     await asyncio.to_thread(started.wait, 5)
     saving.cancel()  # shutdown cancels the task that writes it; its thread goes on
     await asyncio.gather(saving, return_exceptions=True)
-    await accepted(staples, CA.respond(later), later)  # held after that write took its entries
-    await staples.close()
+    await rig.accepted(CA.respond(later), later)  # held after that write took its entries
+    await rig.close()
     await asyncio.sleep(0.5)  # any write still going on has finished: the last one counts
     keys = set(snapshot.decode((state / SNAPSHOT_NAME).read_bytes()))
     assert keys == {CA.cert_id(first).key, CA.cert_id(later).key}

@@ -22,9 +22,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.staples import FetchResult, Refreshed, Staples
-from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
+from ocspproxy.app import App
+from ocspproxy.cache.door import Ingested, Result
+from ocspproxy.cache.memory import Cache
+from ocspproxy.cache.refresher import Refresher
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.store.directory import INDEX_NAME, SNAPSHOT_NAME
+from ocspproxy.store.files import file_name
+from ocspproxy.upstream.base import Job
 from tests.conftest import Answer, Proxy, ProxyFactory, eventually
 from tests.pki import Leaf, TestCA, error_body, now
 from tests.upstream import FakeUpstream, Reply
@@ -50,13 +55,9 @@ def stored(state: Path) -> dict[str, bytes]:
     }
 
 
-def staples_of(proxy: Proxy) -> Staples:
-    assert proxy.daemon is not None
-    return proxy.daemon.staples
-
-
-def file_name(key: CertKey) -> str:
-    return f"{key}.der"
+def app_of(proxy: Proxy) -> App:
+    assert proxy.app is not None
+    return proxy.app
 
 
 def assert_try_later(answer: Answer) -> None:
@@ -91,22 +92,25 @@ class Warm:
         return self.ca.cert_id(self.leaf.serial).key
 
     @property
-    def staples(self) -> Staples:
-        return staples_of(self.proxy)
+    def cache(self) -> Cache:
+        return app_of(self.proxy).cache
 
-    async def refetch(self) -> Refreshed:
+    @property
+    def refresher(self) -> Refresher:
+        return app_of(self.proxy).refresher
+
+    async def refetch(self) -> Ingested:
         """What the scheduler does when the staple is due."""
-        task = self.staples.refresh(
-            self.key,
+        job = Job(
             issuer_cert=self.ca.cert,
             name_hash=self.ca.cert_id(self.leaf.serial).issuer_name_hash,
             url=self.upstream.url,
         )
-        return await task
+        return await self.refresher.refresh(self.key, job)
 
     async def assert_holds(self, der: bytes, cert_status: str = "GOOD") -> None:
         """der is the staple in memory, the only file on disk, and what clients get."""
-        current, servable = self.staples.current(self.key), self.staples.servable(self.key)
+        current, servable = self.cache.current(self.key), self.cache.servable(self.key)
         assert current is not None and current.der == der
         assert servable is not None and servable.der == der
         assert stored(self.state) == {file_name(self.key): der}
@@ -122,8 +126,8 @@ class Warm:
         before = stored(self.state)
         assert_try_later(await self.proxy.post(self.ca.request(serial)))
         assert self.upstream.requests.count(serial) == (1 if reaches_upstream else 0)
-        assert self.staples.current(key) is None
-        assert self.staples.servable(key) is None
+        assert self.cache.current(key) is None
+        assert self.cache.servable(key) is None
         assert stored(self.state) == before
 
 
@@ -135,7 +139,7 @@ async def warm(
     upstream.behaviour = lambda serial: Reply(good if serial == leaf.serial else ca.respond(serial))
     proxy = await make_proxy(ca=ca, leaves=[leaf], **overrides).start()
     w = Warm(proxy, ca, upstream, leaf, good, tmp_path / "state")
-    await eventually(lambda: w.staples.servable(w.key) is not None)
+    await eventually(lambda: w.cache.servable(w.key) is not None)
     # Settle: this joins the start-up pre-fetch if it is still writing (or asks again and gets the same
     # bytes), so nothing is in flight when a test switches the upstream's behaviour.
     assert (await w.refetch()).staple is not None
@@ -144,8 +148,8 @@ async def warm(
 
 
 async def refused_after_good(
-    w: Warm, behaviour: Behaviour, result: FetchResult, reason: str | None = None
-) -> Refreshed:
+    w: Warm, behaviour: Behaviour, result: Result, reason: str | None = None
+) -> Ingested:
     """The CA now answers with behaviour: the refetch is refused and the good staple stays, everywhere."""
     w.upstream.behaviour = behaviour
     asked = len(w.upstream.requests)
@@ -170,7 +174,7 @@ async def rejected(
 ) -> None:
     """A signed-looking answer that validation must reject."""
     w = await warm(ca, upstream, make_proxy, tmp_path)
-    await refused_after_good(w, lambda serial: Reply(respond(serial)), FetchResult.REJECTED, reason)
+    await refused_after_good(w, lambda serial: Reply(respond(serial)), Result.REJECTED, reason)
 
 
 # --- signatures and signers -------------------------------------------------------------------------
@@ -230,7 +234,7 @@ async def test_delegated_responder_is_accepted(
     upstream.behaviour = lambda serial: Reply(delegated if serial == w.leaf.serial else stranger_der)
 
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.STORED, outcome.reason
+    assert outcome.result is Result.STORED, outcome.reason
     await w.assert_holds(delegated)
 
     # Fetched on demand: stored and served as the CA's responder signed it.
@@ -276,9 +280,9 @@ async def test_no_next_update_is_served_for_a_bounded_time(
     open_ended = ca.respond(w.leaf.serial, this_update=this_update, validity=None)
     upstream.behaviour = lambda serial: Reply(open_ended)
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.STORED, outcome.reason
+    assert outcome.result is Result.STORED, outcome.reason
     await w.assert_holds(open_ended)
-    held = w.staples.servable(w.key)
+    held = w.cache.servable(w.key)
     assert held is not None and held.next_update == this_update + dt.timedelta(seconds=600)
     answer = await w.proxy.post(ca.request(w.leaf.serial))
     assert answer.headers["Expires"] == format_datetime(this_update + dt.timedelta(seconds=600), usegmt=True)
@@ -306,7 +310,7 @@ async def test_this_update_within_the_skew_is_accepted(
     upstream.behaviour = lambda serial: Reply(fast if serial == w.leaf.serial else stranger_der)
 
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.STORED, outcome.reason
+    assert outcome.result is Result.STORED, outcome.reason
     await w.assert_holds(fast)
 
     await assert_serves(w.proxy, ca, stranger, stranger_der, "GOOD")
@@ -325,7 +329,7 @@ async def test_older_response_after_a_newer_one(
 ):
     w = await warm(ca, upstream, make_proxy, tmp_path)  # the good staple's thisUpdate is a minute ago
     older = ca.respond(w.leaf.serial, this_update=now() - dt.timedelta(minutes=10))
-    await refused_after_good(w, lambda serial: Reply(older), FetchResult.KEPT, "older")
+    await refused_after_good(w, lambda serial: Reply(older), Result.KEPT, "older")
 
 
 # --- status changes ---------------------------------------------------------------------------------
@@ -338,7 +342,7 @@ async def test_unknown_after_good_keeps_good(
     unknown = ca.respond(w.leaf.serial, status="unknown", this_update=now())
     upstream.behaviour = lambda serial: Reply(unknown)
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.KEPT, outcome.reason
+    assert outcome.result is Result.KEPT, outcome.reason
     assert outcome.staple is not None and outcome.staple.der == w.good
     await w.assert_good_kept()
 
@@ -350,7 +354,7 @@ async def test_revoked_after_good_replaces_at_once(
     revoked = ca.respond(w.leaf.serial, status="revoked", this_update=now())
     upstream.behaviour = lambda serial: Reply(revoked)
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.REVOKED, outcome.reason
+    assert outcome.result is Result.REVOKED, outcome.reason
     assert outcome.staple is not None and outcome.staple.der == revoked
     await w.assert_holds(revoked, "REVOKED")
 
@@ -376,13 +380,13 @@ async def test_error_response_from_the_ca(
 ):
     w = await warm(ca, upstream, make_proxy, tmp_path)
     body = error_body(status)
-    await refused_after_good(w, lambda serial: Reply(body), FetchResult.REJECTED, status.name)
+    await refused_after_good(w, lambda serial: Reply(body), Result.REJECTED, status.name)
 
 
 async def test_garbage_bytes(ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path):
     w = await warm(ca, upstream, make_proxy, tmp_path)
     garbage = b"<html><body>Service Unavailable</body></html>"
-    await refused_after_good(w, lambda serial: Reply(garbage), FetchResult.REJECTED, "not an OCSP response")
+    await refused_after_good(w, lambda serial: Reply(garbage), Result.REJECTED, "not an OCSP response")
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -397,12 +401,12 @@ async def test_oversized_body(
         signed = ca.respond(serial, this_update=now())
         return Reply(signed + b"\x00" * (cap + 1 - len(signed)), chunked=chunked)
 
-    await refused_after_good(w, behaviour, FetchResult.FAILED, "exceeds")
+    await refused_after_good(w, behaviour, Result.FAILED, "exceeds")
 
 
 async def test_connection_reset(ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path):
     w = await warm(ca, upstream, make_proxy, tmp_path)
-    await refused_after_good(w, lambda serial: Reply(reset=True), FetchResult.FAILED)
+    await refused_after_good(w, lambda serial: Reply(reset=True), Result.FAILED)
 
 
 async def test_http_500(ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFactory, tmp_path: Path):
@@ -412,7 +416,7 @@ async def test_http_500(ca: TestCA, upstream: FakeUpstream, make_proxy: ProxyFac
         # A valid response behind an error status is still not an answer.
         return Reply(ca.respond(serial, this_update=now()), status=500)
 
-    await refused_after_good(w, behaviour, FetchResult.FAILED, "HTTP 500")
+    await refused_after_good(w, behaviour, Result.FAILED, "HTTP 500")
 
 
 @pytest.mark.parametrize("status", [302, 307])
@@ -427,7 +431,7 @@ async def test_redirect_is_not_followed(
         elsewhere.behaviour = lambda serial: Reply(ca.respond(serial, this_update=now()))
         headers = {"Location": elsewhere.url, "Content-Type": "text/plain"}
         await refused_after_good(
-            w, lambda serial: Reply(status=status, headers=headers), FetchResult.FAILED, f"HTTP {status}"
+            w, lambda serial: Reply(status=status, headers=headers), Result.FAILED, f"HTTP {status}"
         )
         assert elsewhere.requests == [], "the redirect target must never be contacted"
     finally:
@@ -457,7 +461,7 @@ async def test_slow_upstream_beyond_the_answer_budget(
     answer = await w.proxy.post(ca.request(stranger))
     assert loop.time() - started < delay - 0.1
     assert_try_later(answer)
-    assert w.staples.current(stranger_key) is None
+    assert w.cache.current(stranger_key) is None
     assert file_name(stranger_key) not in stored(w.state)
 
     # The fetch goes on in the background; then the staple is stored and served.
@@ -465,7 +469,7 @@ async def test_slow_upstream_beyond_the_answer_budget(
     await assert_serves(w.proxy, ca, stranger, stranger_der, "GOOD")
     assert upstream.requests.count(stranger) == 1
 
-    assert (await refetch).result is FetchResult.STORED
+    assert (await refetch).result is Result.STORED
     assert stored(w.state) == {file_name(w.key): newer, file_name(stranger_key): stranger_der}
     await assert_serves(w.proxy, ca, w.leaf.serial, newer, "GOOD")
 
@@ -477,7 +481,7 @@ async def test_ca_outage_keeps_serving_across_restart(
     await upstream.go_down()  # connections refused from now on
 
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.FAILED, outcome.reason
+    assert outcome.result is Result.FAILED, outcome.reason
     assert outcome.staple is not None and outcome.staple.der == w.good
     await w.assert_good_kept()
     await w.assert_cold_refused(reaches_upstream=False)
@@ -485,7 +489,7 @@ async def test_ca_outage_keeps_serving_across_restart(
     await w.proxy.restart()  # loads the staple from disk; the CA is still down
     await w.assert_good_kept()
     outcome = await w.refetch()
-    assert outcome.result is FetchResult.FAILED, outcome.reason
+    assert outcome.result is Result.FAILED, outcome.reason
     await w.assert_good_kept()
     await w.assert_cold_refused(reaches_upstream=False)
 
@@ -521,8 +525,8 @@ async def test_failing_upstream_is_not_asked_again_within_negative_ttl(
     for _ in range(5):
         assert_try_later(await w.proxy.post(ca.request(stranger)))
     assert upstream.requests.count(stranger) == 1
-    assert w.staples.failing(stranger_key) is not None
-    assert w.staples.current(stranger_key) is None
+    assert w.refresher.failing(stranger_key) is not None
+    assert w.cache.current(stranger_key) is None
 
     # Even once the CA is back, the verdict stands until negative_ttl has passed.
     upstream.behaviour = lambda serial: Reply(ca.respond(serial))
@@ -532,8 +536,8 @@ async def test_failing_upstream_is_not_asked_again_within_negative_ttl(
 
     # A failed refetch of a stored staple marks it failing too, yet it is still served from memory.
     upstream.behaviour = lambda serial: Reply(status=500)
-    assert (await w.refetch()).result is FetchResult.FAILED
-    assert w.staples.failing(w.key) is not None
+    assert (await w.refetch()).result is Result.FAILED
+    assert w.refresher.failing(w.key) is not None
     await w.assert_good_kept()
 
     # The negative cache is per certificate: another serial is still fetched.

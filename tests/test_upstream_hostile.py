@@ -39,10 +39,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
 
-from ocspproxy.ocsp import CertKey
-from ocspproxy.staples import FetchResult, Refreshed, Staples
-from ocspproxy.store.files import INDEX_NAME, SNAPSHOT_NAME
-from ocspproxy.upstream import UpstreamSettings
+from ocspproxy.app import App
+from ocspproxy.cache.door import Ingested, Result
+from ocspproxy.cache.memory import Cache
+from ocspproxy.cache.refresher import Refresher
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.store.directory import INDEX_NAME, SNAPSHOT_NAME
+from ocspproxy.upstream.base import Job
+from ocspproxy.upstream.http import UpstreamSettings
 from tests.conftest import Proxy, ProxyFactory, eventually
 from tests.pki import Leaf, TestCA, error_body, now, pem
 
@@ -323,25 +327,25 @@ def stored(state: Path) -> dict[str, bytes]:
 
 
 class Fetches:
-    """Every fetch task ``Staples.refresh`` hands out, per CertKey (wraps the method on the instance)."""
+    """Every fetch task ``Refresher.refresh`` hands out, per CertKey (wraps the method on the instance)."""
 
-    def __init__(self, staples: Staples, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.tasks: dict[CertKey, list[asyncio.Task[Refreshed]]] = {}
-        original = staples.refresh
+    def __init__(self, refresher: Refresher, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tasks: dict[CertKey, list[asyncio.Task[Ingested]]] = {}
+        original = refresher.refresh
 
-        def refresh(key: CertKey, **kwargs: Any) -> asyncio.Task[Refreshed]:
-            task = original(key, **kwargs)
+        def refresh(key: CertKey, job: Job, **kwargs: Any) -> asyncio.Task[Ingested]:
+            task = original(key, job, **kwargs)
             known = self.tasks.setdefault(key, [])
             if task not in known:
                 known.append(task)
             return task
 
-        monkeypatch.setattr(staples, "refresh", refresh)
+        monkeypatch.setattr(refresher, "refresh", refresh)
 
     def running(self, key: CertKey) -> bool:
         return any(not task.done() for task in self.tasks.get(key, []))
 
-    async def first(self, key: CertKey) -> asyncio.Task[Refreshed]:
+    async def first(self, key: CertKey) -> asyncio.Task[Ingested]:
         await eventually(lambda: key in self.tasks, timeout=2)
         return self.tasks[key][0]
 
@@ -369,9 +373,13 @@ class Scene:
     session: aiohttp.ClientSession
 
     @property
-    def staples(self) -> Staples:
-        assert self.proxy.daemon is not None
-        return self.proxy.daemon.staples
+    def app(self) -> App:
+        assert self.proxy.app is not None
+        return self.proxy.app
+
+    @property
+    def cache(self) -> Cache:
+        return self.app.cache
 
     def key(self, serial: int) -> CertKey:
         return self.ca.cert_id(serial).key
@@ -400,9 +408,9 @@ class Scene:
         want = {f"{key}.der": der for key, der in expected.items()}
         bad = sum(1 for name, der in files.items() if want.get(name) != der)
         for key, der in expected.items():
-            current = self.staples.current(key)
+            current = self.cache.current(key)
             bad += current is None or current.der != der
-        bad += max(0, len(self.staples) - len(expected))
+        bad += max(0, len(self.cache) - len(expected))
         return bad
 
 
@@ -441,11 +449,11 @@ def scene_of(
         leaves = ([ca.leaf("first", ocsp_url=first_leaf_url)] if first_leaf_url else []) + cached
         proxy = make_proxy(ca=ca, leaves=leaves, upstream=UPSTREAM, answer_budget=BUDGET, negative_ttl=30.0)
         await proxy.start()
-        assert proxy.daemon is not None
-        staples = proxy.daemon.staples
+        assert proxy.app is not None
+        cache, refresher = proxy.app.cache, proxy.app.refresher
         keys = [ca.cert_id(leaf.serial).key for leaf in cached]
-        await eventually(lambda: all(staples.servable(k) is not None for k in keys))
-        await eventually(lambda: not any(staples.fetching(k) for k in keys))
+        await eventually(lambda: all(cache.servable(k) is not None for k in keys))
+        await eventually(lambda: not any(refresher.fetching(k) for k in keys))
         scene = Scene(
             proxy=proxy,
             ca=ca,
@@ -454,7 +462,7 @@ def scene_of(
             goods=goods,
             state=tmp_path / "state",
             workdir=tmp_path / "openssl",
-            fetches=Fetches(staples, monkeypatch),
+            fetches=Fetches(refresher, monkeypatch),
             session=session,
         )
         assert scene.invalid_held({k: goods[leaf.serial] for k, leaf in zip(keys, cached, strict=True)}) == 0
@@ -548,7 +556,7 @@ Arm = Callable[[Scene, int], bytes | None]  # plan the fault for serial; the val
 async def on_request_path(
     scene: Scene,
     arm: Arm,
-    result: FetchResult,
+    result: Result,
     reason: str,
     *,
     min_during: int = MIN_DURING,
@@ -563,7 +571,7 @@ async def on_request_path(
     before = stored(scene.state)
     cached = {scene.key(leaf.serial): scene.goods[leaf.serial] for leaf in scene.cached}
 
-    async def fault() -> tuple[Refreshed, Got]:
+    async def fault() -> tuple[Ingested, Got]:
         client = asyncio.create_task(scene.ask(serial))
         task = await scene.fetches.first(key)
         done, _ = await asyncio.wait({task}, timeout=5)
@@ -581,7 +589,7 @@ async def on_request_path(
 
     if accepted is None:
         assert_try_later(got)
-        assert scene.staples.current(key) is None and scene.staples.servable(key) is None
+        assert scene.cache.current(key) is None and scene.cache.servable(key) is None
         assert stored(scene.state) == before
         # Failing now (negative cache): the next client gets tryLater at once, the CA is not asked again.
         started = loop.time()
@@ -603,7 +611,7 @@ async def on_request_path(
 async def on_refetch(
     scene: Scene,
     arm: Arm,
-    result: FetchResult,
+    result: Result,
     reason: str,
     *,
     url: str | None = None,
@@ -621,13 +629,10 @@ async def on_refetch(
     if accepted is not None:
         expect[leaf.serial].add(accepted)  # served from the moment it is stored
 
-    async def fault() -> Refreshed:
-        task = scene.staples.refresh(
-            key,
-            issuer_cert=scene.ca.cert,
-            name_hash=scene.ca.cert_id(leaf.serial).issuer_name_hash,
-            url=url or scene.hostile.url,
-        )
+    async def fault() -> Ingested:
+        name_hash = scene.ca.cert_id(leaf.serial).issuer_name_hash
+        job = Job(issuer_cert=scene.ca.cert, name_hash=name_hash, url=url or scene.hostile.url)
+        task = scene.app.refresher.refresh(key, job)
         done, _ = await asyncio.wait({task}, timeout=5)
         assert task in done, "the misbehaving fetch never ended"
         return task.result()
@@ -723,7 +728,7 @@ def pss_signed(scene: Scene, serial: int) -> bytes | None:
 @dataclass(frozen=True)
 class Case:
     arm: Arm
-    result: FetchResult
+    result: Result
     reason: str = ""
     rsa_ca: bool = False
 
@@ -745,38 +750,38 @@ def _framed_short(scene: Scene, serial: int) -> Act:
 
 
 CASES: dict[str, Case] = {
-    "hang-after-connect": Case(hang, FetchResult.FAILED, "timed out"),
+    "hang-after-connect": Case(hang, Result.FAILED, "timed out"),
     "dribble-1-byte-per-s": Case(
-        plan(lambda s, serial: dribble(http(s.fresh(serial)))), FetchResult.FAILED, "timed out"
+        plan(lambda s, serial: dribble(http(s.fresh(serial)))), Result.FAILED, "timed out"
     ),
     "headers-then-no-body": Case(
-        plan(lambda s, serial: stall(http(length=len(s.fresh(serial))))), FetchResult.FAILED, "timed out"
+        plan(lambda s, serial: stall(http(length=len(s.fresh(serial))))), Result.FAILED, "timed out"
     ),
-    "body-short-of-content-length": Case(plan(_framed_short), FetchResult.FAILED, "timed out"),
+    "body-short-of-content-length": Case(plan(_framed_short), Result.FAILED, "timed out"),
     "unframed-body-never-closed": Case(
-        plan(lambda s, serial: stall(http(s.fresh(serial), framed=False))), FetchResult.FAILED, "timed out"
+        plan(lambda s, serial: stall(http(s.fresh(serial), framed=False))), Result.FAILED, "timed out"
     ),
-    "chunked-body-never-ends": Case(plan(_chunk_without_end), FetchResult.FAILED, "timed out"),
-    "reset-mid-body": Case(plan(_half_then_reset), FetchResult.FAILED),
+    "chunked-body-never-ends": Case(plan(_chunk_without_end), Result.FAILED, "timed out"),
+    "reset-mid-body": Case(plan(_half_then_reset), Result.FAILED),
     "gzip-bomb-10-mib": Case(
-        plan(lambda s, serial: answer(gzip_bomb(s.fresh(serial)))), FetchResult.FAILED, "exceeds 65536 bytes"
+        plan(lambda s, serial: answer(gzip_bomb(s.fresh(serial)))), Result.FAILED, "exceeds 65536 bytes"
     ),
     "http-500-valid-body": Case(
         plan(lambda s, serial: answer(http(s.fresh(serial), status="500 Internal Server Error"))),
-        FetchResult.FAILED,
+        Result.FAILED,
         "HTTP 500",
     ),
-    "content-type-text-html": Case(valid_with("text/html; charset=utf-8"), FetchResult.STORED),
-    "content-type-absent": Case(valid_with(None), FetchResult.STORED),
-    "several-singles-ours-among": Case(several_singles_with_ours, FetchResult.STORED),
+    "content-type-text-html": Case(valid_with("text/html; charset=utf-8"), Result.STORED),
+    "content-type-absent": Case(valid_with(None), Result.STORED),
+    "several-singles-ours-among": Case(several_singles_with_ours, Result.STORED),
     "several-singles-ours-missing": Case(
-        body(several_singles_without_ours), FetchResult.REJECTED, "CertID mismatch"
+        body(several_singles_without_ours), Result.REJECTED, "CertID mismatch"
     ),
     # What `openssl ocsp -rsigopt rsa_padding_mode:pss` signs is stored (and verified by OpenSSL).
-    "rsa-pss-signature": Case(pss_signed, FetchResult.STORED, rsa_ca=True),
+    "rsa-pss-signature": Case(pss_signed, Result.STORED, rsa_ca=True),
     "unknown-signature-algorithm": Case(
         body(lambda s, serial: with_unknown_signature_algorithm(s.fresh(serial))),
-        FetchResult.REJECTED,
+        Result.REJECTED,
         "unsupported signature algorithm",
     ),
 }
@@ -802,7 +807,7 @@ async def test_ten_mib_streamed_is_cut_at_the_cap(
         s.hostile.faults[serial] = floods[-1]
         return None
 
-    await PATHS[path](scene, flood, FetchResult.FAILED, "exceeds 65536 bytes")
+    await PATHS[path](scene, flood, Result.FAILED, "exceeds 65536 bytes")
     # The proxy hung up once past the cap: the upstream could not push the rest.
     assert len(floods) == 1 and not floods[0].finished, floods[0].sent
     assert floods[0].sent < HUGE // 2, floods[0].sent
@@ -820,14 +825,12 @@ async def test_dns_failure(scene_of: Callable[..., Awaitable[Scene]], path: str)
 
     # Name resolution fails in milliseconds: the load surrounds the fault rather than fills it.
     if path == "request":
-        await on_request_path(
-            scene, nothing, FetchResult.FAILED, "nonexistent.invalid", min_during=0, faults=1
-        )
+        await on_request_path(scene, nothing, Result.FAILED, "nonexistent.invalid", min_during=0, faults=1)
     else:
         await on_refetch(
             scene,
             nothing,
-            FetchResult.FAILED,
+            Result.FAILED,
             "nonexistent.invalid",
             url=DNS_FAILURE_URL,
             min_during=0,

@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ocspproxy.staple import CertStatus
-from ocspproxy.validate import WITHOUT_NEXT_UPDATE, ExpiredResponse, InvalidResponse, validate_response
+from ocspproxy.core.staple import CertStatus
+from ocspproxy.core.validate import WITHOUT_NEXT_UPDATE, ExpiredResponse, InvalidResponse, validate_response
 from tests import derbuild
 from tests.pki import TestCA, _key, make_cert, now, replace_signature, resign_pss, rsa_ca
 

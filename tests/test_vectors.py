@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
-from ocspproxy.ocsp import CertKey, hash_name, issuer_key_hash
-from ocspproxy.validate import InvalidResponse, validate_response
+from ocspproxy.core.ocsp import CertKey, hash_name, issuer_key_hash
+from ocspproxy.core.validate import InvalidResponse, validate_response
 from tests.pki import pem
 from tests.required import unavailable
 

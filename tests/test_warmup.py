@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspproxy import daemon as daemon_module
-from ocspproxy import inventory as inventory_module
-from ocspproxy.certindex import CertIndex
+from ocspproxy.certs import files as files_module
+from ocspproxy.certs import sources as sources_module
+from ocspproxy.certs.build import _glob_matches, build_inventory, early_inventory
+from ocspproxy.certs.index import CertIndex
+from ocspproxy.certs.inventory import CertSource, Inventory
 from ocspproxy.config import Config
-from ocspproxy.inventory import CertSource, Inventory, _glob_matches, build_inventory, early_inventory
-from ocspproxy.snapshot import decode, encode
-from ocspproxy.staple import Staple
+from ocspproxy.core.staple import Staple
 from ocspproxy.steps import Steps
-from ocspproxy.store.files import SNAPSHOT_NAME, write_atomically
+from ocspproxy.store.atomic import write_atomically
+from ocspproxy.store.directory import SNAPSHOT_NAME
+from ocspproxy.store.snapshot import decode, encode
 from tests.conftest import Proxy, eventually
 from tests.pki import TestCA, now, pem
 from tests.upstream import FakeUpstream, Reply
@@ -43,7 +45,7 @@ class Gate:
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     gate = Gate()
-    real = daemon_module._inventory_steps
+    real = sources_module.inventory_steps
 
     def held(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
         gate.entered.set()
@@ -53,7 +55,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
             yield
         return (yield from real(config, sources, index))
 
-    monkeypatch.setattr(daemon_module, "_inventory_steps", held)
+    monkeypatch.setattr(sources_module, "inventory_steps", held)
     yield gate
     gate.open()
 
@@ -63,11 +65,11 @@ async def filled(proxy: Proxy, ca: TestCA, serials: list[int], gate: Gate) -> di
     gate is closed again for the next start."""
     gate.open()
     await proxy.start()
-    assert proxy.daemon is not None
-    staples = proxy.daemon.staples
+    assert proxy.app is not None
+    cache, refresher = proxy.app.cache, proxy.app.refresher
     await eventually(
         lambda: all(
-            staples.servable(ca.cert_id(s).key) and not staples.fetching(ca.cert_id(s).key) for s in serials
+            cache.servable(ca.cert_id(s).key) and not refresher.fetching(ca.cert_id(s).key) for s in serials
         )
     )
     served = {s: (await proxy.post(ca.request(s))).body for s in serials}
@@ -85,16 +87,16 @@ async def test_stored_staples_are_served_before_the_certificate_files_are_read(
     fetched = list(upstream.requests)
 
     await proxy.start(loaded=False)
-    assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
+    assert proxy.app is not None and not proxy.app.loaded.is_set()
     await eventually(gate.entered.is_set)  # the full load is under way, held
     for leaf in leaves:
         answer = await proxy.post(ca.request(leaf.serial))
         assert answer.http_status == 200 and answer.body == served[leaf.serial]
     assert upstream.requests == fetched  # from the snapshot, not the CA
-    assert not proxy.daemon.loaded.is_set()
+    assert not proxy.app.loaded.is_set()
 
     gate.open()
-    await eventually(proxy.daemon.loaded.is_set)
+    await eventually(proxy.app.loaded.is_set)
     for leaf in leaves:
         assert (await proxy.post(ca.request(leaf.serial))).body == served[leaf.serial]
 
@@ -125,9 +127,9 @@ async def test_a_forged_snapshot_entry_is_never_served_and_its_file_is_loaded(
     await proxy.start(loaded=False)
     answer = await proxy.post(ca.request(leaf.serial))
     assert answer.body == good  # its signature failed: the file (genuine) was read instead
-    assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
+    assert proxy.app is not None and not proxy.app.loaded.is_set()
     gate.open()
-    await eventually(proxy.daemon.loaded.is_set)
+    await eventually(proxy.app.loaded.is_set)
     assert (await proxy.post(ca.request(leaf.serial))).body == good
     await proxy.stop()
     # The next snapshot pairs the file with its own staple, not the forged one.
@@ -153,7 +155,7 @@ async def test_an_issuer_known_only_from_certificate_files_is_proven_before_list
     for leaf in leaves:
         assert (await proxy.post(ca.request(leaf.serial))).body == served[leaf.serial]
     assert upstream.requests == fetched
-    assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
+    assert proxy.app is not None and not proxy.app.loaded.is_set()
 
 
 async def test_an_issuer_not_known_yet_waits_for_the_full_load_before_unauthorized(
@@ -164,7 +166,7 @@ async def test_an_issuer_not_known_yet_waits_for_the_full_load_before_unauthoriz
     await filled(proxy, ca, [leaf.serial], gate)
 
     await proxy.start(loaded=False)
-    assert proxy.daemon is not None
+    assert proxy.app is not None
     stranger = TestCA()
     unknown = asyncio.create_task(proxy.post(stranger.request(7)))
     fresh_leaf = asyncio.create_task(proxy.post(ca.request(leaf.serial + 1)))  # configured? no: on demand
@@ -220,9 +222,9 @@ async def test_a_staple_file_replaced_since_the_snapshot_is_served_from_the_file
 
     await proxy.start(loaded=False)
     assert (await proxy.post(ca.request(leaf.serial))).body == revoked != old
-    assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
+    assert proxy.app is not None and not proxy.app.loaded.is_set()
     gate.open()
-    await eventually(proxy.daemon.loaded.is_set)
+    await eventually(proxy.app.loaded.is_set)
     assert (await proxy.post(ca.request(leaf.serial))).body == revoked
 
 
@@ -243,7 +245,7 @@ async def test_without_a_usable_snapshot_stored_staples_are_read_from_their_file
     await proxy.start(loaded=False)
     for leaf in leaves:
         assert (await proxy.post(ca.request(leaf.serial))).body == served[leaf.serial]
-    assert proxy.daemon is not None and not proxy.daemon.loaded.is_set()
+    assert proxy.app is not None and not proxy.app.loaded.is_set()
 
 
 async def test_a_stored_staple_past_next_update_is_not_served_at_start_up(
@@ -273,13 +275,13 @@ async def test_a_reload_during_start_up_waits_for_the_full_load(
 ) -> None:
     proxy: Proxy = make_proxy(ca=ca, leaves=[ca.leaf("site")])
     await proxy.start(loaded=False)
-    assert proxy.daemon is not None
-    reload = asyncio.create_task(proxy.daemon.reload("test"))
+    assert proxy.app is not None
+    reload = asyncio.create_task(proxy.app.reload("test"))
     await asyncio.sleep(0.2)
     assert not reload.done()
     gate.open()
     await asyncio.wait_for(reload, 5)
-    assert len(proxy.daemon.inventory.targets) == 1
+    assert len(proxy.app.inventory.targets) == 1
 
 
 async def test_a_failed_load_stops_the_service(
@@ -289,9 +291,9 @@ async def test_a_failed_load_stops_the_service(
         yield
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(daemon_module, "_inventory_steps", broken)
+    monkeypatch.setattr(sources_module, "inventory_steps", broken)
     proxy: Proxy = make_proxy(ca=ca, leaves=[ca.leaf("site")])
-    with pytest.raises(RuntimeError, match="daemon exited with 1"):
+    with pytest.raises(RuntimeError, match="service exited with 1"):
         await proxy.start()
 
 
@@ -313,13 +315,13 @@ def test_issuers_from_certificate_files_are_proven_from_one_file_each(
     index = CertIndex.decode(index.encode())  # as read back at the next start
 
     read: list[str] = []
-    real_read = inventory_module._read_with_stat
+    real_read = files_module.read_certificate_file
 
     def counting(path: str | Path) -> Any:
         read.append(Path(path).name)
         return real_read(path)
 
-    monkeypatch.setattr(inventory_module, "_read_with_stat", counting)
+    monkeypatch.setattr(files_module, "read_certificate_file", counting)
     early = early_inventory([CertSource(path=str(tmp_path / "*.pem"))], [], None, index)
     assert {i.name for i in early.issuers.values()} == {ca.cert.subject.rfc4514_string()} | {
         other.cert.subject.rfc4514_string()

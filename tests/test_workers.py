@@ -1,13 +1,12 @@
 """workers > 1: worker processes answer hits on the same port; everything else reaches the main process.
 
 Real processes: the daemon runs in this event loop and starts its workers as ``python -m
-ocspproxy.worker``; clients connect anew for every request, like mod_ssl.
+ocspproxy.workers.child``; clients connect anew for every request, like mod_ssl.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import signal
 import sys
@@ -17,10 +16,10 @@ from typing import Any
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspproxy.daemon import Daemon
-from ocspproxy.validate import validate_response
+from ocspproxy.app import App
+from ocspproxy.cache.door import Origin, Result
 from tests.conftest import Proxy, eventually
-from tests.pki import TestCA, now
+from tests.pki import TestCA
 from tests.test_crash import DaemonProcess
 
 
@@ -41,17 +40,17 @@ async def _post(port: int, body: bytes, *, version: str = "HTTP/1.0") -> tuple[i
 
 
 def _port(proxy: Proxy) -> int:
-    assert proxy.daemon is not None and proxy.daemon.address is not None
-    return proxy.daemon.address[1]
+    assert proxy.app is not None and proxy.app.address is not None
+    return proxy.app.address[1]
 
 
-def _daemon(proxy: Proxy) -> Daemon:
-    assert proxy.daemon is not None
-    return proxy.daemon
+def _app(proxy: Proxy) -> App:
+    assert proxy.app is not None
+    return proxy.app
 
 
 def _worker_pids(proxy: Proxy) -> list[int]:
-    pool = _daemon(proxy).pool
+    pool = _app(proxy).pool
     assert pool is not None
     return [w.proc.pid for w in pool.workers if w.proc is not None]
 
@@ -69,7 +68,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _all_held(proxy: Proxy, n: int) -> None:
-    await eventually(lambda: len(_daemon(proxy).staples.verified()) >= n, timeout=10)
+    await eventually(lambda: len(_app(proxy).cache.verified()) >= n, timeout=10)
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ async def test_hits_come_from_both_processes_and_are_the_same_bytes(
     pool_proxy: tuple[Proxy, TestCA, list[int]],
 ) -> None:
     proxy, ca, serials = pool_proxy
-    held = {s.key.serial: s.der for s in _daemon(proxy).staples.verified()}
+    held = {s.key.serial: s.der for s in _app(proxy).cache.verified()}
     port = _port(proxy)
     worker_lines = 0
     for _ in range(40):
@@ -102,7 +101,7 @@ async def test_everything_but_a_hit_is_answered_by_the_main_process(
     pool_proxy: tuple[Proxy, TestCA, list[int]], upstream: Any
 ) -> None:
     proxy, ca, serials = pool_proxy
-    pool = _daemon(proxy).pool
+    pool = _app(proxy).pool
     assert pool is not None
     port = _port(proxy)
     stranger = TestCA()
@@ -129,7 +128,7 @@ async def test_everything_but_a_hit_is_answered_by_the_main_process(
 
 async def test_a_body_larger_than_a_message_is_handed_over_whole(make_proxy: Any, ca: TestCA) -> None:
     proxy = await make_proxy(ca=ca, leaves=[ca.leaf()], workers=2, max_request_bytes=512 * 1024).start()
-    pool = _daemon(proxy).pool
+    pool = _app(proxy).pool
     assert pool is not None
     port = _port(proxy)
     body = os.urandom(300 * 1024)  # not OCSP: the main process must see all of it to say so
@@ -144,15 +143,11 @@ async def test_a_body_larger_than_a_message_is_handed_over_whole(make_proxy: Any
 
 async def test_a_new_staple_reaches_the_worker(pool_proxy: tuple[Proxy, TestCA, list[int]]) -> None:
     proxy, ca, serials = pool_proxy
-    daemon = _daemon(proxy)
-    revoked = validate_response(
-        ca.respond(serials[1], status="revoked"),
-        key=ca.cert_id(serials[1]).key,
-        issuer=ca.cert,
-        now=now(),
-        skew=dt.timedelta(seconds=300),
-    )
-    daemon.staples.put(revoked)  # as an accepted fetch does, after writing it to disk
+    app = _app(proxy)
+    der = ca.respond(serials[1], status="revoked")
+    ingested = await app.door.ingest(ca.cert_id(serials[1]).key, der, Origin.CA)  # as a fetch does
+    assert ingested.result is Result.REVOKED and ingested.staple is not None
+    revoked = ingested.staple
     port = _port(proxy)
     # The worker's copy follows within moments (the message is sent once this callback returns).
     deadline = asyncio.get_running_loop().time() + 5
@@ -196,7 +191,7 @@ async def test_handed_over_connections_leave_the_workers_cap(make_proxy: Any, ca
     leaf = ca.leaf()
     proxy = await make_proxy(ca=ca, leaves=[leaf], workers=2, max_connections=4).start()
     await _all_held(proxy, 1)
-    pool = _daemon(proxy).pool
+    pool = _app(proxy).pool
     assert pool is not None
     port = _port(proxy)
     for _ in range(40):  # one at a time: never more than one open

@@ -1,6 +1,6 @@
-"""Persistent staple storage: the ``Store`` protocol and its backends."""
+"""Persistent staple storage: the ``Store`` contract and its backends."""
 
-from ocspproxy.store.base import SnapshotStore, Stamp, Store, StoreError
+from ocspproxy.store.base import Store, Stored, StoreError
 from ocspproxy.store.files import FileStore
 
-__all__ = ["FileStore", "SnapshotStore", "Stamp", "Store", "StoreError"]
+__all__ = ["FileStore", "Store", "StoreError", "Stored"]

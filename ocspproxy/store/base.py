@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
-from ocspproxy.ocsp import CertKey
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.staple import Staple
 
-__all__ = ["SnapshotStore", "Stamp", "Store", "StoreError"]
+__all__ = ["Store", "StoreError", "Stored"]
 
 
 class StoreError(OSError):
     """A store operation failed; the in-memory staple stays served. ``errno`` is kept when known
-    (``ENOSPC``, ``EROFS``, ``EACCES`` ...)."""
+    (``ENOSPC``, ``EROFS`` ...)."""
 
 
-class Stamp(NamedTuple):
-    """What a file's inode looks like: equal stamps mean the same, unchanged file (any write, rename
-    or chmod moves ctime, which nothing can set back)."""
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An entry as a store gives it back: the DER exactly as saved, and, when the store kept them,
+    the fields of the staple it was saved as (``hint``: unverified, times still to be checked; it
+    spares parsing the DER). Whoever loads an entry validates it like an answer from a CA."""
 
-    size: int
-    mtime_ns: int
-    ino: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Stamp:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    key: CertKey
+    der: bytes
+    hint: Staple | None = None
 
 
 class Store(Protocol):
@@ -40,58 +39,45 @@ class Store(Protocol):
       A ``save`` that fails (disk full, read-only, a crash half way) leaves the previous bytes as they
       were and nothing half-written that a later reader could take for an entry.
     - Values are the DER bytes exactly as the CA sent them; a store never re-encodes or interprets them.
+      ``save`` gets the whole validated ``Staple`` so that a backend may keep its fields beside the
+      bytes (as ``Stored.hint``, or to expire the entry at its nextUpdate); nothing it keeps is
+      trusted: a loaded entry is validated again.
     - Creating a store never fails because its storage is unusable (missing, read-only, full, a file
-      where a directory should be): it reports that in the log once (on creation, or when ``load_all``
-      finds it so), ``load_all`` then yields nothing (``on_error`` is for entries), and ``save``
-      raises ``StoreError`` until the storage is usable again. The daemon keeps serving from memory
-      meanwhile.
+      where a directory should be): it reports that in the log once, ``load_all`` yields nothing,
+      and ``save`` raises ``StoreError`` until the storage is usable again. The service keeps
+      serving from memory meanwhile.
     - ``load_all`` yields every entry it can read. An unreadable entry is reported through ``on_error``
-      and skipped; it never raises for one bad entry, and never blocks on one. Only the store's own
-      entries are read: a backend never follows a link out of its storage (the file backend follows
-      no symbolic link inside its directory at all). Callers validate what they get.
-    - Entries are private to the service user (files 0600 in a 0700 directory), whatever the umask.
+      (its place and why) and skipped; it never raises for one bad entry, and never blocks on one.
+      Only the store's own entries are read: a backend never follows a link out of its storage.
+    - ``load`` returns one entry, or None when there is none; it raises ``StoreError`` when the entry
+      cannot be read.
     - ``delete`` of a missing key is not an error.
+    - ``prepare`` is called once before the first ``load``/``load_all`` (a backend may read an index
+      there); it returns how many entries it expects, or 0 when it cannot tell.
+    - ``remember`` is told the staple built from an entry ``load``/``load_all`` just gave back (it is
+      cheap: called in the event loop); ``distrust`` that the entry last given for a key failed
+      validation, so that a backend which gave it from a copy of its own (the file backend's
+      snapshot) gives the original next time; ``checkpoint`` may write what makes the next start
+      faster (that snapshot). All three may do nothing. ``checkpoint`` writes nothing before
+      ``load_all`` has been run to its end, and raises ``StoreError``.
+    - Entries are private to the service user (files 0600 in a 0700 directory), whatever the umask.
     - Methods may block (disk, network): async callers run them in a worker thread. Callers write one
       key from one writer at a time; different keys may be written concurrently.
     - Failures raise ``StoreError`` naming the key or path.
-    - ``save`` may return a ``Stamp`` of the entry it wrote (see ``SnapshotStore``), else None.
     """
 
-    def save(self, key: CertKey, der: bytes) -> Stamp | None: ...
+    def prepare(self) -> int: ...
 
-    def load(self, key: CertKey) -> bytes | None: ...
+    def save(self, staple: Staple) -> None: ...
+
+    def load(self, key: CertKey) -> Stored | None: ...
 
     def delete(self, key: CertKey) -> None: ...
 
-    def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[tuple[CertKey, bytes]]: ...
+    def load_all(self, on_error: Callable[[str, Exception], None]) -> Iterator[Stored]: ...
 
+    def remember(self, staple: Staple) -> None: ...
 
-@runtime_checkable
-class SnapshotStore(Store, Protocol):
-    """Optional: a store that can tell, without reading an entry, that it is unchanged since a stamp
-    was taken, and that keeps one snapshot blob (the staples already parsed) beside its entries.
+    def distrust(self, key: CertKey) -> None: ...
 
-    - ``save`` returns the stamp of the entry it wrote, taken from the written file itself after it
-      took its name: a stamp always belongs to exactly those bytes.
-    - ``load_all_stamped`` is ``load_all`` with each entry's stamp; an entry whose current stamp
-      equals ``known[key]`` is not read and comes with ``None`` for its bytes.
-    - ``load_stamped`` is ``load`` with the stamp of the entry read.
-    - ``stamp`` returns the current stamp of one entry (None when there is no such entry or it
-      cannot be looked at), without reading it.
-    - ``read_snapshot`` returns the blob last written (None when there is none) and raises
-      ``StoreError``; ``write_snapshot`` replaces it atomically and raises ``StoreError``.
-    """
-
-    def save(self, key: CertKey, der: bytes) -> Stamp: ...
-
-    def load_all_stamped(
-        self, on_error: Callable[[str, Exception], None], known: Mapping[CertKey, Stamp]
-    ) -> Iterator[tuple[CertKey, Stamp, bytes | None]]: ...
-
-    def load_stamped(self, key: CertKey) -> tuple[bytes, Stamp] | None: ...
-
-    def stamp(self, key: CertKey) -> Stamp | None: ...
-
-    def read_snapshot(self) -> bytes | None: ...
-
-    def write_snapshot(self, data: bytes) -> None: ...
+    def checkpoint(self, now: datetime) -> None: ...

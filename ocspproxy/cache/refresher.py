@@ -1,0 +1,96 @@
+"""Fetching a staple: one fetch per key at a time (single-flight), the Lease taken first, the answer
+through the door, and a short memory of failures so that requests do not ask a failing CA again
+and again. The scheduler and requests both come here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from cachetools import TTLCache
+
+from ocspproxy.cache.door import Door, Ingested, Origin, Result
+from ocspproxy.core.ocsp import CertKey
+from ocspproxy.upstream.base import Job, Lease, Source, SourceError
+
+__all__ = ["Refresher"]
+
+log = structlog.get_logger("ocspproxy")
+
+
+class Refresher:
+    def __init__(
+        self, *, door: Door, source: Source, lease: Lease, negative_ttl: float, lease_ttl: float = 30.0
+    ) -> None:
+        self.door = door
+        self.source = source
+        self.lease = lease
+        self.lease_ttl = lease_ttl
+        self._inflight: dict[CertKey, asyncio.Task[Ingested]] = {}
+        # Keys whose last fetch failed: requests get tryLater at once instead of asking the CA again.
+        self._failing: TTLCache[CertKey, str] = TTLCache(
+            maxsize=100_000, ttl=negative_ttl, timer=time.monotonic
+        )
+
+    def fetching(self, key: CertKey) -> bool:
+        return key in self._inflight
+
+    def failing(self, key: CertKey) -> str | None:
+        return self._failing.get(key)
+
+    def refresh(self, key: CertKey, job: Job, *, keep_unknown: bool = True) -> asyncio.Task[Ingested]:
+        """Start (or join) the single fetch for key; the task outlives any one waiter. See
+        ``Door.ingest`` for keep_unknown."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh(key, job, keep_unknown))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return task
+
+    async def _refresh(self, key: CertKey, job: Job, keep_unknown: bool) -> Ingested:
+        started = time.monotonic()
+        fields: dict[str, object] = {"url": job.url, "serial": f"{key.serial:x}", "alg": key.alg}
+        if not await self.lease.acquire(key, self.lease_ttl):
+            outcome = Ingested(
+                Result.FAILED, "another instance is fetching it", self.door.cache.servable(key)
+            )
+        else:
+            try:
+                outcome = await self._fetch(key, job, keep_unknown)
+            finally:
+                await self.lease.release(key)
+        candidate = outcome.candidate
+        if candidate is not None:
+            fields.update(
+                cert_status=str(candidate.status),
+                this_update=candidate.this_update.isoformat(),
+                next_update=candidate.next_update.isoformat(),
+                validity_s=int(candidate.validity_seconds),
+            )
+        fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        if outcome.failed:
+            self._failing[key] = outcome.reason
+            self.door.events.failed(key, outcome.reason)
+            log.warning("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+        else:
+            self._failing.pop(key, None)
+            log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+        return outcome
+
+    async def _fetch(self, key: CertKey, job: Job, keep_unknown: bool) -> Ingested:
+        try:
+            der = await self.source.fetch(key, job)
+        except SourceError as exc:
+            return Ingested(Result.FAILED, str(exc), self.door.cache.servable(key))
+        return await self.door.ingest(
+            key, der, Origin.CA, keep_unknown=keep_unknown, configured=job.configured
+        )
+
+    async def close(self) -> None:
+        """Cancel the fetches still in flight (shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Where answers come from: the Source and Lease seams, and the HTTP client for CA responders."""
