@@ -5,13 +5,8 @@ lifecycle as methods — ``start`` (listen), ``load`` (every certificate and sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import os
 import signal
-import socket
-from collections.abc import Callable, Iterator
-from dataclasses import fields, replace
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,13 +25,13 @@ from ocspproxy.certs.inventory import Inventory
 from ocspproxy.certs.sources import certificate_sources, read_inventory
 from ocspproxy.certs.watcher import FileWatcher
 from ocspproxy.config import Config, ConfigError
-from ocspproxy.core.staple import CertStatus
 from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
 from ocspproxy.serve.responder import Responder
-from ocspproxy.steps import run_in_slices
+from ocspproxy.steps import run_in_slices, without_cycle_collection
 from ocspproxy.store import FileStore, Store, StoreError
+from ocspproxy.systemd import notify
 from ocspproxy.upstream.base import LocalLease
 from ocspproxy.upstream.http import Fetcher, HttpSource
 from ocspproxy.workers.pool import PoolSettings, WorkerPool
@@ -45,7 +40,6 @@ __all__ = ["App", "utcnow"]
 
 log = structlog.get_logger("ocspproxy")
 
-_RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
 _CHECKPOINT_EVERY = 600.0  # seconds between snapshot writes while staples change
 
 
@@ -144,7 +138,7 @@ class App:
         """Open the listener (and the workers' sockets), then load in the background. False when the
         address cannot be had."""
         loop = asyncio.get_running_loop()
-        with _without_cycle_collection():
+        with without_cycle_collection():
             stored = self.warm.open()
         await self.fetcher.start()
         server = self.server
@@ -178,7 +172,7 @@ class App:
             asyncio.create_task(self._checkpoints()),
             load,
         ]
-        _notify("READY=1")
+        notify("READY=1")
         self.ready.set()
         issuers = len({id(i) for i in self.inventory.issuers.values()})
         log.info(
@@ -190,7 +184,7 @@ class App:
         """After the listener opened: read every certificate file, then hold the stored staples,
         check their signatures and schedule refreshes. A slice at a time in the event loop:
         requests are answered in between (see ``Responder``)."""
-        with _without_cycle_collection():
+        with without_cycle_collection():
             config = self.config
             steps = certificate_files.inventory_steps(config, self.sources.certs, self._index)
             inventory = await run_in_slices(steps)
@@ -200,7 +194,7 @@ class App:
             self._replace(inventory)
             loaded, skipped = await run_in_slices(self.warm.load_steps())
             log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(config.state_dir))
-            self._alert_revoked(inventory)
+            self.warm.alert_revoked(inventory)
             self.watcher = FileWatcher(interval=config.watch_interval)
             self.watcher.follow(files=self._watched_files(), patterns=config.certs, seen=inventory.seen)
         self.loaded.set()
@@ -224,7 +218,9 @@ class App:
         except ConfigError as exc:
             log.error("reload failed; keeping the previous configuration", reason=reason, error=str(exc))
             return
-        self.config = _apply_reloadable(self.config, config)
+        self.config, later = self.config.reloaded(config)
+        if later:
+            log.warning("configuration changes that take effect after a restart", keys=later)
         for key, target in self.inventory.targets.items():
             if target.path in inventory.unreadable and key not in inventory.targets:
                 log.warning("certificate file unreadable; keeping its previous certificate", path=target.path)
@@ -237,13 +233,13 @@ class App:
             if key not in inventory.targets and not self.responder.requested(key):
                 self.scheduler.untrack(key)  # a replaced or removed certificate
         self.scheduler.track_all(self.catalog.stapled())
-        _notify("READY=1")
+        notify("READY=1")
 
     async def shutdown(self) -> None:
         log.info("shutting down")
         if self.pool is not None:
             self.pool.stop_soon()
-        _notify("STOPPING=1")
+        notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -259,16 +255,6 @@ class App:
         await self.fetcher.close()
         if self.watcher is not None:
             self.watcher.close()
-
-    def adopt(self, sock: socket.socket, data: bytes) -> None:
-        """A connection a worker handed over: served here as if accepted here, starting with the bytes
-        the worker read (fed before anything else is read from the socket)."""
-        task = asyncio.ensure_future(
-            asyncio.get_running_loop().connect_accepted_socket(
-                lambda: FastPath(self.server, preload=data), sock
-            )
-        )
-        task.add_done_callback(lambda t: _close_on_error(t, sock))
 
     def _replace(self, inventory: Inventory) -> None:
         self.catalog.replace(inventory)
@@ -288,22 +274,6 @@ class App:
             issuers=len({id(i) for i in inventory.issuers.values()}),
             problems=len(inventory.problems),
         )
-
-    def _alert_revoked(self, inventory: Inventory) -> None:
-        """A stored revoked staple of a configured certificate: the same line as when it was fetched,
-        once per start, so a restart does not hide that Apache serves a revoked certificate."""
-        with self.cache.batch():
-            for key, target in inventory.targets.items():
-                staple = self.cache.held_until(key)
-                if staple is not None and staple.status is CertStatus.REVOKED:
-                    log.critical(
-                        "certificate revoked",
-                        serial=f"{key.serial:x}",
-                        path=target.path,
-                        subject=target.subject,
-                        revoked_at=staple.revocation_time.isoformat() if staple.revocation_time else None,
-                        stored=True,
-                    )
 
     def _load_done(self, task: asyncio.Task[None]) -> None:
         """The service is useless without its certificates: a load that failed stops it (exit 1)."""
@@ -361,49 +331,7 @@ class App:
             log_format=self.config.log_format,
             shutdown_timeout=self.config.shutdown_timeout,
         )
-        pool = WorkerPool(settings, catalog=self.catalog, cache=self.cache, adopt=self.adopt)
+        pool = WorkerPool(settings, catalog=self.catalog, cache=self.cache, adopt=self.server.adopt)
         self.events.subscribe(pool)
         pool.start()
         return pool
-
-
-def _apply_reloadable(current: Config, new: Config) -> Config:
-    changed = [f.name for f in fields(Config) if getattr(current, f.name) != getattr(new, f.name)]
-    later = [name for name in changed if name not in _RELOADABLE]
-    if later:
-        log.warning("configuration changes that take effect after a restart", keys=later)
-    return replace(current, **{name: getattr(new, name) for name in _RELOADABLE})
-
-
-@contextlib.contextmanager
-def _without_cycle_collection() -> Iterator[None]:
-    """Start-up makes a million objects and frees almost none: the cyclic collector would walk
-    them again and again for nothing (a third of start-up with 100,000 certificates)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _notify(state: str) -> None:
-    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with (
-        contextlib.suppress(OSError),
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
-    ):
-        sock.connect(address)
-        sock.sendall(state.encode())
-
-
-def _close_on_error(task: asyncio.Future[Any], sock: socket.socket) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("cannot take over a worker's connection", error=str(task.exception()))
-        sock.close()

@@ -10,7 +10,7 @@ import os
 import pwd
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from ocspproxy.upstream.http import UpstreamSettings
 
 __all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
 
+# What a reload (SIGHUP, a certificate file changed) applies at once; the rest waits for a restart.
+_RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
 DEFAULT_PORT = 2560  # after RFC 2560, the first OCSP RFC; unprivileged
 
 
@@ -112,6 +114,13 @@ class Config:
     validity_without_next_update: float = 3600.0
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+
+    def reloaded(self, new: Config) -> tuple[Config, list[str]]:
+        """This configuration with what a reload applies at once taken from new (certificate
+        settings), and the names of the other keys that differ: they take effect at a restart."""
+        changed = [f.name for f in fields(Config) if getattr(self, f.name) != getattr(new, f.name)]
+        later = [name for name in changed if name not in _RELOADABLE]
+        return replace(self, **{name: getattr(new, name) for name in _RELOADABLE}), later
 
     @property
     def rules(self) -> Rules:

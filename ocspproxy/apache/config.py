@@ -8,14 +8,26 @@ Certificate files are never opened.
 from __future__ import annotations
 
 import difflib
-import errno
-import fnmatch
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+
+from ocspproxy.apache.syntax import (
+    MAX_DEPTH,
+    MOD_SSL,
+    VAR,
+    WS,
+    ApacheConfigError,
+    expand_include,
+    logical_lines,
+    read_envvars,
+    section_tag,
+    word,
+    words,
+)
 
 __all__ = [
     "ApacheConfig",
@@ -26,17 +38,6 @@ __all__ = [
     "read_apache_config",
 ]
 
-_MAX_DEPTH = 64
-_WS = " \t\r\n\v\f"  # httpd's apr_isspace is ASCII-only
-_VAR = re.compile(r"\$\{([^}]*)\}")
-_WILDCARD = re.compile(r"[*?\[]")
-# envvars: [export] NAME=value with value '...', "..." or bare; what follows it is ignored
-_ASSIGNMENT = re.compile(
-    r"\s*(?:export\s+)?([A-Za-z_]\w*)=(?:'([^']*)'|\"([^\"\\`]*)\"|([^\s'\"\\`;]*))(?:[\s;].*)?"
-)
-_SHELL_VAR = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
-_SHELL_OTHER = re.compile(r"\$(?![A-Za-z_]|\{[A-Za-z_]\w*\})")  # $(...), ${X##y}, $1: needs a shell
-# Compiled into Debian's and RHEL's binaries, so they never get a LoadModule line.
 _BUILTIN_MODULES = frozenset(
     {"core.c", "http_core.c", "mod_so.c", "mod_watchdog.c", "mod_log_config.c", "mod_logio.c"}
     | {"mod_version.c", "mod_unixd.c", "core_module", "http_module", "so_module", "watchdog_module"}
@@ -49,43 +50,7 @@ _PATH_DIRECTIVES = {
 }
 # mod_ssl's directives in httpd 2.4: an unknown SSL* name close to one of these is likely a typo that
 # leaves a vhost without what it was meant to set.
-# fmt: off
-_MOD_SSL_NAMES = (
-    "SSLCACertificateFile", "SSLCACertificatePath", "SSLCADNRequestFile", "SSLCADNRequestPath",
-    "SSLCARevocationCheck", "SSLCARevocationFile", "SSLCARevocationPath", "SSLCertificateChainFile",
-    "SSLCertificateFile", "SSLCertificateKeyFile", "SSLCipherSuite", "SSLCompression",
-    "SSLCryptoDevice", "SSLEngine", "SSLFIPS", "SSLHonorCipherOrder", "SSLInsecureRenegotiation",
-    "SSLOCSPDefaultResponder", "SSLOCSPEnable", "SSLOCSPNoverify", "SSLOCSPOverrideResponder",
-    "SSLOCSPProxyURL", "SSLOCSPResponderCertificateFile", "SSLOCSPResponderTimeout",
-    "SSLOCSPResponseMaxAge", "SSLOCSPResponseTimeSkew", "SSLOCSPUseRequestNonce", "SSLOpenSSLConfCmd",
-    "SSLOptions", "SSLPassPhraseDialog", "SSLProtocol", "SSLProxyCACertificateFile",
-    "SSLProxyCACertificatePath", "SSLProxyCARevocationCheck", "SSLProxyCARevocationFile",
-    "SSLProxyCARevocationPath", "SSLProxyCheckPeerCN", "SSLProxyCheckPeerExpire",
-    "SSLProxyCheckPeerName", "SSLProxyCipherSuite", "SSLProxyEngine",
-    "SSLProxyMachineCertificateChainFile", "SSLProxyMachineCertificateFile",
-    "SSLProxyMachineCertificatePath", "SSLProxyProtocol", "SSLProxyVerify", "SSLProxyVerifyDepth",
-    "SSLRandomSeed", "SSLRenegBufferSize", "SSLRequire", "SSLRequireSSL", "SSLSessionCache",
-    "SSLSessionCacheTimeout", "SSLSessionTicketKeyFile", "SSLSessionTickets", "SSLSRPUnknownUserSeed",
-    "SSLSRPVerifierFile", "SSLStaplingCache", "SSLStaplingErrorCacheTimeout", "SSLStaplingFakeTryLater",
-    "SSLStaplingForceURL", "SSLStaplingResponderTimeout", "SSLStaplingResponseMaxAge",
-    "SSLStaplingResponseTimeSkew", "SSLStaplingReturnResponderErrors",
-    "SSLStaplingStandardCacheTimeout", "SSLStrictSNIVHostCheck", "SSLUserName", "SSLUseStapling",
-    "SSLVerifyClient", "SSLVerifyDepth", "SSLVHostSNIPolicy"
-)
-# fmt: on
-_MOD_SSL = {name.lower(): name for name in _MOD_SSL_NAMES}
 _T = TypeVar("_T")
-
-
-class ApacheConfigError(Exception):
-    """A config file that cannot be read or parsed; str() names file:line and the problem."""
-
-    def __init__(self, problem: str, file: Path | None = None, line: int | None = None) -> None:
-        self.problem = problem
-        self.file = file
-        self.line = line
-        where = "" if file is None else f"{file}:{line}: " if line else f"{file}: "
-        super().__init__(where + problem)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,106 +123,6 @@ def _inherit(own: _T | None, server_wide: _T | None) -> _T | None:
     return own if own is not None else server_wide
 
 
-def _word(s: str, i: int) -> tuple[str, int]:
-    """The argument starting at or after s[i] and the index after it, like httpd's ap_getword_conf."""
-    n = len(s)
-    while i < n and s[i] in _WS:
-        i += 1
-    quote = s[i] if i < n and s[i] in "\"'" else ""
-    i += bool(quote)
-    out: list[str] = []
-    while i < n and (s[i] != quote if quote else s[i] not in _WS):
-        if s[i] == "\\" and i + 1 < n and s[i + 1] in ("\\", quote or "\\"):
-            i += 1
-        out.append(s[i])
-        i += 1
-    return "".join(out), i + 1 if quote and i < n else i
-
-
-def _words(s: str) -> list[str]:
-    words: list[str] = []
-    i = 0
-    while s[i:].strip(_WS):
-        word, i = _word(s, i)
-        words.append(word)
-    return words
-
-
-def logical_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(first line number, text) per directive: continuations joined, blanks and comments dropped."""
-    pending: list[str] = []
-    start = 1
-    lines = text.split("\n")
-    for number, raw in enumerate(lines, 1):
-        raw = raw.removesuffix("\r")
-        # httpd 2.4 continues on any final backslash (even an escaped one), if a newline follows
-        if raw.endswith("\\") and number < len(lines):
-            pending.append(raw[:-1])
-            continue
-        line = ("".join(pending) + raw).strip(_WS)
-        pending = []
-        if line and not line.startswith("#"):
-            yield start, line
-        start = number + 1
-
-
-def _tag(word: str) -> tuple[bool, str] | None:
-    """(closing?, section name) when word opens or closes a section, e.g. <VirtualHost or </IfModule>."""
-    if not word.startswith("<"):
-        return None
-    closing = word.startswith("</")
-    return closing, word[2 if closing else 1 :].removesuffix(">")
-
-
-def _files_under(path: Path, depth: int) -> list[Path]:
-    """path, or for a directory every file below it, in httpd's order (sorted per directory)."""
-    if not path.is_dir():
-        return [path]
-    if depth > _MAX_DEPTH:
-        raise OSError(errno.ELOOP, "directories nested too deeply", str(path))
-    return [f for name in sorted(os.listdir(path)) for f in _files_under(path / name, depth + 1)]
-
-
-def _expand_include(path: Path) -> list[Path] | None:
-    """Files an Include of path reads, in order; None when a path without wildcards does not exist."""
-    parts = path.parts
-    first = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), None)
-    if first is None:
-        return _files_under(path, 0) if path.exists() else None
-    found = [Path(*parts[:first])]
-    for pattern in parts[first:]:
-        # apr_fnmatch with APR_FNM_PERIOD: a wildcard does not match a leading dot
-        dot = pattern.startswith(".")
-        found = [
-            base / name
-            for base in found
-            if base.is_dir()
-            for name in sorted(os.listdir(base))
-            if fnmatch.fnmatchcase(name, pattern) and (dot or not name.startswith("."))
-        ]
-    return [file for match in found for file in _files_under(match, 0)]
-
-
-def _read_envvars(path: Path, environment: Mapping[str, str]) -> dict[str, str]:
-    """The environment after Debian's envvars, which apache2ctl sources before starting httpd.
-
-    The script is not executed: each simple assignment is applied in turn, and one that needs a shell
-    to evaluate is skipped (so of Debian's two SUFFIX assignments, SUFFIX= is the one that counts).
-    """
-    try:
-        text = path.read_bytes().decode("utf-8", "surrogateescape")
-    except OSError as e:
-        raise ApacheConfigError(f"cannot read: {e.strerror}", path) from e
-    env = {**environment, "APACHE_CONFDIR": str(path.parent)}
-    for match in filter(None, map(_ASSIGNMENT.fullmatch, text.split("\n"))):
-        name, literal, value = match[1], match[2], match[3] if match[3] is not None else match[4]
-        if literal is not None:
-            env[name] = literal
-        elif not _SHELL_OTHER.search(value):
-            env[name] = _SHELL_VAR.sub(lambda var: env.get(var[1] or var[2], ""), value)
-    return env
-
-
 class _Reader:
     def __init__(self, server_root: Path, defines: dict[str, str | None], env: Mapping[str, str]) -> None:
         self.server_root = server_root
@@ -279,8 +144,8 @@ class _Reader:
         real = os.path.realpath(path)
         if real in self.stack:
             raise ApacheConfigError(f"include recursion: {path} is already being read", where, line)
-        if len(self.stack) > _MAX_DEPTH:
-            raise ApacheConfigError(f"includes nested more than {_MAX_DEPTH} deep at {path}", where, line)
+        if len(self.stack) > MAX_DEPTH:
+            raise ApacheConfigError(f"includes nested more than {MAX_DEPTH} deep at {path}", where, line)
         try:
             text = path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
         except OSError as e:
@@ -298,17 +163,17 @@ class _Reader:
         nesting = 0
         for number, raw in logical_lines(text):
             if skipping is not None:
-                tag = _tag(_word(raw, 0)[0])
+                tag = section_tag(word(raw, 0)[0])
                 if tag and tag[1].lower() == skipping[0].lower():
                     nesting += -1 if tag[0] else 1
                     skipping = None if nesting == 0 else skipping
                 continue
-            line = _VAR.sub(self._variable, raw) if "${" in raw else raw
-            name, end = _word(line, 0)
-            rest = line[end:].strip(_WS)
-            tag = _tag(name)
+            line = VAR.sub(self._variable, raw) if "${" in raw else raw
+            name, end = word(line, 0)
+            rest = line[end:].strip(WS)
+            tag = section_tag(name)
             if tag is None:
-                self.directive(name, _words(rest), scope, path, number)
+                self.directive(name, words(rest), scope, path, number)
                 continue
             closing, section = tag
             if closing:
@@ -321,7 +186,7 @@ class _Reader:
             close = len(rest) if name.endswith(">") else rest.rfind(">")
             if close < 0 or not section:
                 raise ApacheConfigError(f"<{section}> directive missing closing '>'", path, number)
-            args = _words(rest[:close])
+            args = words(rest[:close])
             kind = section.lower()
             conditional = kind.startswith("if") and kind != "if"  # <If expr> is per-request
             if kind == "macro" or (conditional and not self.condition(kind, args)):
@@ -369,7 +234,7 @@ class _Reader:
             return args[0]
 
         key = name.lower()
-        if key.startswith("ssl") and key not in _MOD_SSL:
+        if key.startswith("ssl") and key not in MOD_SSL:
             self.misspelt(name, path, line)
         if key == "serverroot":
             self.server_root = self.path(one())
@@ -406,15 +271,15 @@ class _Reader:
             scope.use_stapling = flag == "on"
 
     def misspelt(self, name: str, path: Path, line: int) -> None:
-        close = difflib.get_close_matches(name.lower(), _MOD_SSL, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name.lower(), MOD_SSL, n=1, cutoff=0.75)
         if close:
-            self.misspellings.append(Misspelling(name=name, meant=_MOD_SSL[close[0]], file=path, line=line))
+            self.misspellings.append(Misspelling(name=name, meant=MOD_SSL[close[0]], file=path, line=line))
 
     def include(self, name: str, arg: str, scope: _Scope | None, path: Path, line: int) -> None:
         optional = name.lower() == "includeoptional"
         target = self.path(arg)
         try:
-            files = _expand_include(target)
+            files = expand_include(target)
         except OSError as e:
             raise ApacheConfigError(f"{name} {arg}: {e.strerror}", path, line) from e
         if files is None and not optional:
@@ -469,7 +334,7 @@ def read_apache_config(
     envvars = main.parent / "envvars"
     has_envvars = envvars.is_file()
     if has_envvars:
-        env = _read_envvars(envvars, env)
+        env = read_envvars(envvars, env)
     initial: dict[str, str | None] = {**(defines or {})}
     reader = _Reader(Path(os.path.abspath(server_root)), initial, env)
     if has_envvars:

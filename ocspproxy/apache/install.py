@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocspproxy.apache.config import logical_lines
 from ocspproxy.apache.ctl import Command, Layout, Runner, RunResult
+from ocspproxy.apache.syntax import logical_lines
 
 __all__ = [
     "FILE_NAME",

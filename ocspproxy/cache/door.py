@@ -154,6 +154,8 @@ class Door:
                     stored.der, key=key, issuer=issuer.cert, now=now, check_signature=False
                 )
         except ExpiredResponse as exc:
+            if held is not None:
+                return held  # the entry may be what was read before a newer one was written: keep it
             log.info("stored staple expired; removed", key=str(key), reason=str(exc))
             try:
                 self.store.delete(key)
@@ -162,7 +164,7 @@ class Door:
             return None
         except InvalidResponse as exc:
             log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
-            return None
+            return held
         self.store.remember(candidate)
         if held is not None:
             held = self._checked(key)

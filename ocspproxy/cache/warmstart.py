@@ -11,8 +11,9 @@ import itertools
 import structlog
 
 from ocspproxy.cache.door import Door
+from ocspproxy.certs.inventory import Inventory
 from ocspproxy.core.ocsp import CertKey
-from ocspproxy.core.staple import Staple
+from ocspproxy.core.staple import CertStatus, Staple
 from ocspproxy.steps import Steps
 from ocspproxy.store.base import Store, StoreError
 
@@ -71,6 +72,23 @@ class WarmStart:
             yield
         self.loading = False
         return counts[0], counts[1]
+
+    def alert_revoked(self, inventory: Inventory) -> None:
+        """A stored revoked staple of a configured certificate: the same line as when it was fetched,
+        once per start, so a restart does not hide that Apache serves a revoked certificate."""
+        cache = self.door.cache
+        with cache.batch():
+            for key, target in inventory.targets.items():
+                staple = cache.held_until(key)
+                if staple is not None and staple.status is CertStatus.REVOKED:
+                    log.critical(
+                        "certificate revoked",
+                        serial=f"{key.serial:x}",
+                        path=target.path,
+                        subject=target.subject,
+                        revoked_at=staple.revocation_time.isoformat() if staple.revocation_time else None,
+                        stored=True,
+                    )
 
     async def check_all(self, batch: int = 256) -> None:
         """Check the signature of every staple held unchecked, a batch at a time between requests;

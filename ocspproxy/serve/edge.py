@@ -7,6 +7,7 @@ tryLater that it may cache and staple for an hour.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,7 @@ from ocspproxy.core.staple import Staple
 from ocspproxy.log import request_line
 from ocspproxy.serve.answer import Answer, Outcome, request_fields
 from ocspproxy.serve.badhttp import BadRequestLog, classify, reason
+from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Gate, Limits
 from ocspproxy.serve.render import CONTENT_TYPE, cache_headers
 from ocspproxy.serve.responder import Responder
@@ -236,6 +238,14 @@ class GuardedServer(web.Server):
             self._timers[handler] = timer  # keeps its place under the cap and its lifetime
         handler.data_received(buffer)
 
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """A connection a worker handed over: served here as if accepted here, starting with the bytes
+        the worker read (fed before anything else is read from the socket)."""
+        task = asyncio.ensure_future(
+            asyncio.get_running_loop().connect_accepted_socket(lambda: FastPath(self, preload=data), sock)
+        )
+        task.add_done_callback(lambda t: _close_on_error(t, sock))
+
     @property
     def refused(self) -> int:
         return self.gate.refused
@@ -245,3 +255,9 @@ class GuardedServer(web.Server):
         if timer is not None:
             self.gate.release(timer)
         super().connection_lost(handler, exc)
+
+
+def _close_on_error(task: asyncio.Future[Any], sock: socket.socket) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cannot take over a worker's connection", error=str(task.exception()))
+        sock.close()
