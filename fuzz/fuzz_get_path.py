@@ -1,4 +1,4 @@
-"""Fuzz target: ``ocspproxy.ocsp.decode_get_path`` (an RFC 6960 GET path from the client).
+"""Fuzz target: ``ocspproxy.core.ocsp.decode_get_path`` (an RFC 6960 GET path from the client).
 
 Each input is used twice:
 

@@ -1,4 +1,4 @@
-"""Fuzz target: ``ocspproxy.ocsp.parse_request`` on arbitrary bytes (a POST body).
+"""Fuzz target: ``ocspproxy.core.ocsp.parse_request`` on arbitrary bytes (a POST body).
 
 Invariant (``fuzz.oracle.check_request``): only ``MalformedRequest`` is raised, and a CertID that comes
 back agrees with cryptography's reading of the same bytes and survives ``build_request``.

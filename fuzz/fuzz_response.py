@@ -1,4 +1,4 @@
-"""Fuzz target: ``ocspproxy.validate.validate_response`` on arbitrary bytes (an upstream answer).
+"""Fuzz target: ``ocspproxy.core.validate.validate_response`` on arbitrary bytes (an upstream answer).
 
 The response is checked for the certificate of ``fuzz/ca/meta.json`` under the committed test PKI of
 ``fuzz/ca`` with the clock fixed at meta's ``now``, so the seeds in ``fuzz/corpus/fuzz_response`` stay

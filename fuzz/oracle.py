@@ -302,7 +302,7 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
     "sha512": hashes.SHA512(),
 }
 # signatureAlgorithm -> (key type, hash); RFC 5758 (ECDSA), RFC 4055 (RSA, RSASSA-PSS), RFC 8410
-# (EdDSA). What `openssl ocsp` verifies, less MD5 (refused on purpose: ocspproxy/signature.py).
+# (EdDSA). What `openssl ocsp` verifies, less MD5 (refused on purpose: ocspproxy/core/signature.py).
 _SIG_ALGS: dict[str, tuple[str, str | None]] = {
     "1.2.840.10045.4.1": ("ec", "sha1"),
     "1.2.840.10045.4.3.1": ("ec", "sha224"),

@@ -10,7 +10,7 @@ every variant real CAs use, each judged by `openssl ocsp` and by validation, whi
   SHA-224, SHA-512, RSASSA-PSS with several salts and MGF1 hashes), issuer- or delegate-signed.
 
 The one disagreement on purpose: MD5 signatures, which OpenSSL 3.0 still verifies and ocspproxy
-refuses (ocspproxy/signature.py says why); it is asserted as such, so it cannot spread.
+refuses (ocspproxy/core/signature.py says why); it is asserted as such, so it cannot spread.
 """
 
 from __future__ import annotations

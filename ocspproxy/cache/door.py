@@ -165,7 +165,8 @@ class Door:
         except InvalidResponse as exc:
             log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
             return held
-        self.store.remember(candidate)
+        if stored.hint is None:
+            self.store.remember(candidate)  # (a hint is the store's own object, paired already)
         if held is not None:
             held = self._checked(key)
             if not accept(held, candidate, now).stores:

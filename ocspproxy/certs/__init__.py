@@ -1,1 +1,1 @@
-"""certs"""
+"""Which certificates to keep stapled, their issuers and CA responders, and when their files change."""

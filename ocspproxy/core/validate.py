@@ -1,7 +1,7 @@
 """Validation of an upstream OCSP response before anything else sees it (pure; clock injected).
 
 The yardstick is ``openssl ocsp``: what it verifies as good is accepted, what it refuses is refused
-(``ocspproxy/signature.py`` names the one deliberate exception, MD5). A response is valid for a
+(``ocspproxy/core/signature.py`` names the one deliberate exception, MD5). A response is valid for a
 CertKey when:
 
 - its status is successful;

@@ -198,7 +198,7 @@ class FileStore:
                 self._changed = True
                 return
             pair = self._pairs.get(staple.key)
-            if pair is not None and pair[1].der == staple.der:
+            if pair is not None and pair[1] is not staple and pair[1].der == staple.der:
                 self._pairs[staple.key] = (pair[0], staple)
 
     def distrust(self, key: CertKey) -> None:
