@@ -31,6 +31,7 @@ __all__ = [
     "hash_name",
     "issuer_key_hash",
     "issuer_name_hash",
+    "parse_key",
     "parse_request",
 ]
 
@@ -85,6 +86,21 @@ class CertKey:
 
     def __str__(self) -> str:
         return f"{self.alg}-{self.issuer_key_hash.hex()}-{self.serial:x}"
+
+
+_KEY_TEXT = re.compile(r"^(sha1|sha256|sha384|sha512)-([0-9a-f]{40,128})-([0-9a-f]{1,80})$")
+
+
+def parse_key(text: str) -> CertKey:
+    """The key ``str(key)`` spelt (a file name, a shared store's key); ValueError when text is not
+    one, or its key hash has the wrong length for its algorithm."""
+    match = _KEY_TEXT.match(text)
+    if match is None:
+        raise ValueError(f"not a staple key: {text[:120]!r}")
+    alg, key_hash, serial = match.groups()
+    if len(key_hash) != 2 * HASH_ALGORITHMS[alg]().digest_size:
+        raise ValueError(f"{text[:120]!r}: the key hash does not match its hash algorithm")
+    return CertKey(alg=alg, issuer_key_hash=bytes.fromhex(key_hash), serial=int(serial, 16))
 
 
 @dataclass(frozen=True, slots=True)

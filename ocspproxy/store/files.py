@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.ocsp import CertKey, parse_key
 from ocspproxy.core.staple import Staple
 from ocspproxy.store.atomic import Stamp, read_regular, read_state_file, sync_directory, write_atomically
 from ocspproxy.store.base import Stored, StoreError
@@ -25,7 +24,6 @@ log = structlog.get_logger("ocspproxy")
 
 # OCSP responses are small; anything bigger in the state directory is not ours.
 MAX_FILE_BYTES = 1 << 20
-_HEX_DIGITS = {alg: 2 * hashlib.new(alg).digest_size for alg in ("sha1", "sha256", "sha384", "sha512")}
 
 
 def file_name(key: CertKey) -> str:
@@ -251,14 +249,13 @@ class FileStore:
 def _key_of(name: str, directory: Path, on_error: Callable[[str, Exception], None]) -> CertKey | None:
     """The key a staple file's name spells; None for a file that is not a staple (reported when its
     name looks like one but does not add up)."""
-    match = STAPLE_NAME.match(name)
-    if match is None:
+    if STAPLE_NAME.match(name) is None:
         return None
-    alg, key_hash, serial = match.groups()
-    if len(key_hash) != _HEX_DIGITS[alg]:
+    try:
+        return parse_key(name.removesuffix(".der"))
+    except ValueError:
         on_error(str(directory / name), ValueError("file name does not match its hash algorithm"))
         return None
-    return CertKey(alg=alg, issuer_key_hash=bytes.fromhex(key_hash), serial=int(serial, 16))
 
 
 def _error(what: str, exc: OSError | ValueError) -> StoreError:
