@@ -22,7 +22,7 @@ from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import CertStatus, Staple
 from ocspproxy.core.validate import Rules
 from ocspproxy.store import FileStore, Stored
-from ocspproxy.upstream.base import Job, LocalLease, SourceError
+from ocspproxy.upstream.base import FETCH, Job, LocalLease, SourceError, Turn
 from tests.pki import TestCA, now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +110,24 @@ async def through_store_with_a_forged_hint(door: Door, der: bytes) -> None:
     door.admit(Stored(KEY, der, hint))
 
 
+async def through_the_fleet(door: Door, der: bytes) -> None:
+    """Another instance's answer, pushed (one entry) through the shared store."""
+    await door.ingest(KEY, der, Origin.SHARED)
+
+
+async def through_the_fleet_in_bulk(door: Door, der: bytes) -> None:
+    """The shared store read at start-up: like our own store's entries, signature checked later."""
+    door.admit(Stored(KEY, der), Origin.SHARED)
+
+
 ORIGINS: dict[str, Callable[[Door, bytes], Awaitable[None]]] = {
     "a CA's answer": through_ca,
     "the store": through_store,
     "the store, with its own copy of the fields": through_store_with_a_forged_hint,
+    "the shared store": through_the_fleet,
+    "the shared store, read in bulk": through_the_fleet_in_bulk,
 }
+WRITTEN_WHEN_ACCEPTED = {"a CA's answer", "the shared store", "the shared store, read in bulk"}
 
 
 @pytest.mark.parametrize("origin", ORIGINS)
@@ -129,8 +142,9 @@ async def test_every_origin_meets_the_same_checks_and_policy(origin: str, case: 
     assert staple is not None and staple.verified
     assert staple.der == (good if EXPECTED[case] == "good" else candidate), f"{case} through {origin}"
     assert door.cache.servable(KEY) == staple
+    await door.drain()
     file = door.store.load(KEY)
-    if EXPECTED[case] == "good" or origin != "a CA's answer":
+    if EXPECTED[case] == "good" or origin not in WRITTEN_WHEN_ACCEPTED:
         assert file is not None and file.der == good, "nothing invalid or older written over it"
     else:
         assert file is not None and file.der == candidate, "on disk before it is served"
@@ -149,9 +163,46 @@ async def test_with_nothing_held_only_what_is_valid_is_ever_served(
     valid = case in ("older", "revoked")
     staple = served(door)
     assert (staple is not None and staple.der == candidate) is valid, f"{case} through {origin}"
+    await door.drain()
+    file = door.store.load(KEY)
     if not valid:
         assert door.cache.servable(KEY) is None
         assert door.cache.current(KEY) is None or not door.cache.current(KEY).verified  # type: ignore[union-attr]
+        assert origin not in WRITTEN_WHEN_ACCEPTED or file is None, "nothing invalid written"
+    elif origin in WRITTEN_WHEN_ACCEPTED:
+        assert file is not None and file.der == candidate, "written to our store once checked"
+
+
+async def test_a_bulk_entry_from_the_fleet_is_written_to_our_store_only_once_checked(
+    tmp_path: Path,
+) -> None:
+    door = make_door(tmp_path)
+    held = door.admit(Stored(KEY, CA.respond(SERIAL)), Origin.SHARED)
+    assert held is not None and not held.verified
+    await door.drain()
+    assert door.store.load(KEY) is None and door.unwritten == 1
+    checked = door.confirm(held)
+    assert checked is not None
+    await door.drain()
+    stored = door.store.load(KEY)
+    assert stored is not None and stored.der == checked.der and door.unwritten == 0
+    # An expired entry from the fleet removes nothing from our store.
+    expired = CA.respond(SERIAL, this_update=T0 - dt.timedelta(hours=3), validity=dt.timedelta(hours=1))
+    other = make_door(tmp_path)
+    assert other.admit(Stored(KEY, expired), Origin.SHARED) is None
+    assert other.store.load(KEY) is not None
+
+
+async def test_a_forged_bulk_entry_from_the_fleet_never_touches_our_store(tmp_path: Path) -> None:
+    door = make_door(tmp_path)
+    good = CA.respond(SERIAL, this_update=T0 - dt.timedelta(minutes=10))
+    assert (await door.ingest(KEY, good, Origin.CA)).result is Result.STORED
+    fresh = make_door(tmp_path / "fresh")
+    forged = CANDIDATES["forged"]()
+    held = fresh.admit(Stored(KEY, forged), Origin.SHARED)
+    assert held is not None and fresh.confirm(held) is None
+    await fresh.drain()
+    assert fresh.store.load(KEY) is None and fresh.unwritten == 0
 
 
 async def test_an_unverified_staple_is_never_served_or_published(tmp_path: Path) -> None:
@@ -260,18 +311,20 @@ class ListSource:
         return answer
 
 
-class CountingLease(LocalLease):
-    def __init__(self, grant: bool) -> None:
-        self.grant = grant
+class ScriptedLease(LocalLease):
+    """A Lease that gives the turns it is told to (then FETCH), recording what it was asked."""
+
+    def __init__(self, *turns: Turn) -> None:
+        self.turns = list(turns)
         self.acquired: list[tuple[CertKey, float]] = []
-        self.released: list[CertKey] = []
+        self.released: list[tuple[CertKey, Staple | None]] = []
 
-    async def acquire(self, key: CertKey, ttl: float) -> bool:
+    async def acquire(self, key: CertKey, ttl: float) -> Turn:
         self.acquired.append((key, ttl))
-        return self.grant
+        return self.turns.pop(0) if self.turns else FETCH
 
-    async def release(self, key: CertKey) -> None:
-        self.released.append(key)
+    async def release(self, key: CertKey, answered: Staple | None) -> None:
+        self.released.append((key, answered))
 
 
 JOB = Job(issuer_cert=CA.cert, name_hash=CA.cert_id(SERIAL).issuer_name_hash, url="http://ocsp.test/")
@@ -285,23 +338,66 @@ async def test_the_refresher_takes_the_lease_asks_the_source_and_goes_through_th
     events.subscribe(told)
     door = make_door(tmp_path, events)
     source = ListSource([CA.respond(SERIAL), SourceError("CA down")])
-    lease = CountingLease(grant=True)
+    lease = ScriptedLease()
     refresher = Refresher(door=door, source=source, lease=lease, negative_ttl=60.0)
     first: Ingested = await refresher.refresh(KEY, JOB)
     assert first.result is Result.STORED and door.cache.servable(KEY) == first.staple
-    assert lease.acquired == [(KEY, refresher.lease_ttl)] and lease.released == [KEY]
+    assert lease.acquired == [(KEY, refresher.lease_ttl)]
+    assert lease.released == [(KEY, first.staple)], "released with the staple the CA's answer left held"
     second = await refresher.refresh(KEY, JOB)
     assert second.result is Result.FAILED and second.reason == "CA down"
     assert second.staple == first.staple, "the held staple stays served"
     assert refresher.failing(KEY) == "CA down"
     await asyncio.sleep(0)
     assert told.failures == [(KEY, "CA down")]
-    assert lease.released == [KEY, KEY], "released after a failure too"
+    assert lease.released[1] == (KEY, None), "released after a failure too, with no answer"
 
 
-async def test_without_the_lease_nothing_is_fetched(tmp_path: Path) -> None:
+async def test_an_answer_another_instance_fetched_is_taken_through_the_door_not_asked_again(
+    tmp_path: Path,
+) -> None:
+    door = make_door(tmp_path)
+    source = ListSource([])
+    fleet = CA.respond(SERIAL)
+    refresher = Refresher(door=door, source=source, lease=ScriptedLease(Turn(answer=fleet)), negative_ttl=0)
+    outcome = await refresher.refresh(KEY, JOB)
+    assert outcome.result is Result.STORED and source.asked == []
+    staple = door.cache.servable(KEY)
+    assert staple is not None and staple.der == fleet and staple.verified
+    await door.drain()
+    assert door.store.load(KEY) is not None, "written to our own store too"
+
+
+async def test_a_forged_answer_from_the_fleet_is_refused_and_the_ca_asked(tmp_path: Path) -> None:
+    door = make_door(tmp_path)
+    good = CA.respond(SERIAL)
+    source = ListSource([good])
+    forged = CANDIDATES["forged"]()
+    lease = ScriptedLease(Turn(answer=forged))
+    refresher = Refresher(door=door, source=source, lease=lease, negative_ttl=0)
+    outcome = await refresher.refresh(KEY, JOB)
+    assert outcome.result is Result.STORED and len(source.asked) == 1
+    staple = door.cache.servable(KEY)
+    assert staple is not None and staple.der == good
+    assert lease.released == [(KEY, staple)], "the lease learns what its answer came to"
+
+
+async def test_while_another_instance_fetches_the_refresher_waits_for_its_answer(tmp_path: Path) -> None:
+    door = make_door(tmp_path)
+    source = ListSource([])
+    fleet = CA.respond(SERIAL)
+    lease = ScriptedLease(Turn(wait=0.01), Turn(wait=0.01), Turn(answer=fleet))
+    refresher = Refresher(door=door, source=source, lease=lease, negative_ttl=0)
+    outcome = await refresher.refresh(KEY, JOB)
+    assert outcome.result is Result.STORED and source.asked == [] and len(lease.acquired) == 3
+    assert lease.released == [(KEY, outcome.staple)]
+
+
+async def test_a_lease_held_too_long_does_not_stop_the_fetch(tmp_path: Path) -> None:
     door = make_door(tmp_path)
     source = ListSource([CA.respond(SERIAL)])
-    refresher = Refresher(door=door, source=source, lease=CountingLease(grant=False), negative_ttl=0.0)
+    lease = ScriptedLease(*[Turn(wait=0.05)] * 1000)
+    refresher = Refresher(door=door, source=source, lease=lease, negative_ttl=0, lease_ttl=0.1)
     outcome = await refresher.refresh(KEY, JOB)
-    assert outcome.result is Result.FAILED and source.asked == []
+    assert outcome.result is Result.STORED and len(source.asked) == 1
+    assert 2 <= len(lease.acquired) <= 10 and lease.released == []

@@ -11,10 +11,11 @@ store, an imported bundle, a local signer) — goes through the same steps:
    is served, so a staple ever served survives a crash;
 4. hold it in memory and publish it to the listeners (``Events``).
 
-One exception, for start-up speed and only for entries of our own store when nothing is held for
-their key (``admit``): the signature check is deferred. Such a staple is held marked unverified;
-it is never served, compared or published before ``confirm`` has checked it in full (on the first
-request for it, or in the background), and it is dropped (with a ``dropped`` event) if that fails.
+One exception, for start-up speed and only for entries read in bulk (our own store's, the shared
+store's) when nothing is held for their key (``admit``): the signature check is deferred. Such a
+staple is held marked unverified; it is never served, compared, published or written to our store
+before ``confirm`` has checked it in full (on the first request for it, or in the background), and
+it is dropped (with a ``dropped`` event) if that fails.
 Nothing else writes to the memory this module makes (``Cache`` is a read-only view of it).
 """
 
@@ -48,6 +49,7 @@ log = structlog.get_logger("ocspproxy")
 class Origin(StrEnum):
     CA = "ca"  # an answer from a Source: the certificate's CA responder
     STORE = "store"  # our own store (it is there already: not written again)
+    SHARED = "shared"  # the fleet's shared store (another instance's answer; not trusted either)
 
     @property
     def persists(self) -> bool:
@@ -96,6 +98,9 @@ class Door:
         self.cache = Cache(self._held, clock)
         self.persister = Persister(store, clock)
         self._unverified: set[CertKey] = set()
+        self._unpersisted: set[CertKey] = set()  # admitted from elsewhere: written once checked
+        self._to_write: dict[CertKey, Staple] = {}
+        self._writer: asyncio.Task[None] | None = None
         # One ingest at a time per key: the decision and the write belong together.
         self._locks: weakref.WeakValueDictionary[CertKey, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -125,6 +130,8 @@ class Door:
                 result = Result.SAME if decision.verdict is Verdict.SAME else Result.KEPT
                 return Ingested(result, decision.reason, self.cache.servable(key), candidate)
             alert = _alert(current, candidate, decision.verdict, configured=configured)
+            self._unpersisted.discard(key)
+            self._to_write.pop(key, None)
             if origin.persists:
                 # On disk first, then served: a revoked one is never followed by the older good one
                 # after a restart. A failing store does not stop serving it (kept to write later).
@@ -132,16 +139,20 @@ class Door:
             self._hold(candidate)
         return Ingested(Result.REVOKED if alert else Result.STORED, decision.reason, candidate, candidate)
 
-    def admit(self, stored: Stored) -> Staple | None:
-        """An entry of our own store (start-up, or read again): held, and returned, unless it is
-        invalid, expired (then removed from the store) or older than what is held. With nothing
-        held for its key its signature check is deferred (see the module's docstring)."""
+    def admit(self, stored: Stored, origin: Origin = Origin.STORE) -> Staple | None:
+        """An entry read in bulk (our store at start-up or read again; the shared store): held, and
+        returned, unless it is invalid, expired (then removed from our store) or older than what is
+        held. With nothing held for its key its signature check is deferred (see the module's
+        docstring); an entry from elsewhere than our store is written to it once checked."""
         key = stored.key
         issuer = self.catalog.issuer_for_key(key)
-        if issuer is None:
-            log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
-            return None
         held = self._held.get(key)
+        if issuer is None:
+            if origin is Origin.STORE:
+                log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
+            return None
+        if held is not None and held.der == stored.der:
+            return held  # nothing new (an instance that restarts reads the fleet's copy of its own)
         now = self.clock()
         try:
             if held is not None:
@@ -154,7 +165,7 @@ class Door:
                     stored.der, key=key, issuer=issuer.cert, now=now, check_signature=False
                 )
         except ExpiredResponse as exc:
-            if held is not None:
+            if held is not None or origin is not Origin.STORE:
                 return held  # the entry may be what was read before a newer one was written: keep it
             log.info("stored staple expired; removed", key=str(key), reason=str(exc))
             try:
@@ -163,15 +174,19 @@ class Door:
                 log.warning("cannot remove expired staple", key=str(key), error=str(err))
             return None
         except InvalidResponse as exc:
-            log.warning("stored staple invalid; skipped", key=str(key), reason=str(exc))
+            log.warning(f"{_WHAT[origin]} invalid; skipped", key=str(key), reason=str(exc))
             return held
-        if stored.hint is None:
+        if origin is Origin.STORE and stored.hint is None:
             self.store.remember(candidate)  # (a hint is the store's own object, paired already)
         if held is not None:
             held = self._checked(key)
             if not accept(held, candidate, now).stores:
                 return held
         self._hold(candidate)
+        if origin.persists:
+            self._unpersisted.add(key)  # written once its signature is checked (``confirm``)
+            if candidate.verified:
+                self._persist(candidate)
         return candidate
 
     def confirm(self, staple: Staple) -> Staple | None:
@@ -187,15 +202,20 @@ class Door:
                 raise InvalidResponse("its issuer is no longer configured")
             checked = self.rules.validate(staple.der, key=key, issuer=issuer.cert, now=self.clock())
         except InvalidResponse as exc:
-            log.warning("stored staple invalid; dropped", key=str(key), reason=str(exc))
-            self.store.distrust(key)
+            log.warning("held staple invalid; dropped", key=str(key), reason=str(exc))
+            if key in self._unpersisted:
+                self._unpersisted.discard(key)  # it came from the shared store, not ours
+            else:
+                self.store.distrust(key)
             if self._held.get(key) is staple:
                 del self._held[key]
                 self.events.dropped(key)
             return None
-        self.store.remember(checked)  # the store keeps this object, not a second one
+        if key not in self._unpersisted:
+            self.store.remember(checked)  # the store keeps this object, not a second one
         if self._held.get(key) is staple:
             self._hold(checked)
+            self._persist(checked)
         return checked
 
     def confirm_some(self, count: int) -> int:
@@ -215,6 +235,37 @@ class Door:
         held = self._held.get(key)
         return self.confirm(held) if held is not None and not held.verified else held
 
+    def _persist(self, staple: Staple) -> None:
+        """Queue a checked staple admitted from elsewhere than our store for writing to it; one
+        writer in the background, so that 100,000 staples read from the fleet at start-up are
+        written one after another, not all at once."""
+        if staple.key not in self._unpersisted:
+            return
+        self._unpersisted.discard(staple.key)
+        self._to_write[staple.key] = staple
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._to_write:
+                key = next(iter(self._to_write))
+                staple = self._to_write.pop(key)
+                if self._held.get(key) is staple:  # not replaced meanwhile (that one was written)
+                    await self.persister.save(staple)
+        finally:
+            self._writer = None
+
+    async def drain(self) -> None:
+        """Wait until the queued staples are written (tests, benchmarks)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    @property
+    def unwritten(self) -> int:
+        """Staples admitted from the shared store not yet written to ours."""
+        return len(self._to_write) + len(self._unpersisted)
+
     def _hold(self, staple: Staple) -> None:
         self._held[staple.key] = staple
         if staple.verified:
@@ -224,7 +275,13 @@ class Door:
             self._unverified.add(staple.key)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self.persister.close()
+
+
+_WHAT = {"store": "stored staple", "shared": "shared staple", "ca": "staple"}
 
 
 def _alert(current: Staple | None, candidate: Staple, verdict: Verdict, *, configured: bool) -> bool:

@@ -1,6 +1,7 @@
-"""Fetching a staple: one fetch per key at a time (single-flight), the Lease taken first, the answer
-through the door, and a short memory of failures so that requests do not ask a failing CA again
-and again. The scheduler and requests both come here."""
+"""Fetching a staple: one fetch per key at a time (single-flight), the Lease asked first (in a fleet:
+fetch, wait for the instance that is fetching, or take the answer it fetched a moment ago), the
+answer through the door, and a short memory of failures so that requests do not ask a failing CA
+again and again. The scheduler and requests both come here."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from cachetools import TTLCache
 
 from ocspproxy.cache.door import Door, Ingested, Origin, Result
 from ocspproxy.core.ocsp import CertKey
-from ocspproxy.upstream.base import Job, Lease, Source, SourceError
+from ocspproxy.upstream.base import Job, Lease, Source, SourceError, Turn
 
 __all__ = ["Refresher"]
 
 log = structlog.get_logger("ocspproxy")
+
+_WAIT_STEP = 0.2  # seconds between looks while another instance is asking the CA
 
 
 class Refresher:
@@ -52,15 +55,24 @@ class Refresher:
     async def _refresh(self, key: CertKey, job: Job, keep_unknown: bool) -> Ingested:
         started = time.monotonic()
         fields: dict[str, object] = {"url": job.url, "serial": f"{key.serial:x}", "alg": key.alg}
-        if not await self.lease.acquire(key, self.lease_ttl):
-            outcome = Ingested(
-                Result.FAILED, "another instance is fetching it", self.door.cache.servable(key)
-            )
-        else:
-            try:
+        turn = await self._turn(key)
+        outcome: Ingested | None = None
+        try:
+            if turn.answer is not None:
+                # Another instance asked the CA a moment ago: its answer, through the door like any.
+                outcome = await self.door.ingest(
+                    key, turn.answer, Origin.SHARED, keep_unknown=keep_unknown, configured=job.configured
+                )
+                fields["source"] = "shared"
+                if outcome.failed:
+                    log.warning("shared staple rejected; asking the CA", key=str(key), reason=outcome.reason)
+                    outcome = None
+            if outcome is None:
                 outcome = await self._fetch(key, job, keep_unknown)
-            finally:
-                await self.lease.release(key)
+        finally:
+            if turn.fetch or turn.answer is not None:
+                usable = outcome is not None and not outcome.failed and outcome.result is not Result.PASSED
+                await self.lease.release(key, outcome.staple if usable and outcome is not None else None)
         candidate = outcome.candidate
         if candidate is not None:
             fields.update(
@@ -78,6 +90,19 @@ class Refresher:
             self._failing.pop(key, None)
             log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
         return outcome
+
+    async def _turn(self, key: CertKey) -> Turn:
+        """The lease's word; while another instance is asking, look again (a holder that dies frees
+        the lease after its ttl). After twice the ttl of waiting, ask anyway."""
+        deadline = time.monotonic() + 2 * self.lease_ttl
+        while True:
+            turn = await self.lease.acquire(key, self.lease_ttl)
+            if not turn.wait:
+                return turn
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Turn()  # neither the lease nor an answer: fetch without the lease
+            await asyncio.sleep(min(turn.wait, _WAIT_STEP, left))
 
     async def _fetch(self, key: CertKey, job: Job, keep_unknown: bool) -> Ingested:
         try:

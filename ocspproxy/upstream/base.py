@@ -13,8 +13,9 @@ from typing import Protocol
 from cryptography import x509
 
 from ocspproxy.core.ocsp import CertKey
+from ocspproxy.core.staple import Staple
 
-__all__ = ["Job", "Lease", "LocalLease", "Source", "SourceError"]
+__all__ = ["FETCH", "Job", "Lease", "LocalLease", "Source", "SourceError", "Turn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,26 +44,47 @@ class Source(Protocol):
     async def fetch(self, key: CertKey, job: Job) -> bytes: ...
 
 
-class Lease(Protocol):
-    """Who may fetch a key now.
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What ``Lease.acquire`` says to do about a key now.
 
-    ``acquire`` returns True when this process may fetch the key, for at most ``ttl`` seconds (after
-    which another holder may take it, so a holder that dies does not stop refreshes); False when
-    someone else holds it. ``release`` gives it back early; only the holder's release counts. Neither
-    raises: a lease that cannot be checked (its database is down) is granted, since asking the CA
-    twice is better than not at all.
+    - ``fetch``: ask the CA (this process holds the lease, or no lease could be checked);
+    - ``answer``: another instance asked the CA a moment ago; these are the bytes it stored
+      (unchecked: they go through the door like a CA's answer);
+    - ``wait``: another instance is asking the CA now; look again after at most this many seconds.
     """
 
-    async def acquire(self, key: CertKey, ttl: float) -> bool: ...
+    fetch: bool = False
+    answer: bytes | None = None
+    wait: float = 0.0
 
-    async def release(self, key: CertKey) -> None: ...
+
+FETCH = Turn(fetch=True)
+
+
+class Lease(Protocol):
+    """Who asks the CA about a key now, so that a fleet asks once.
+
+    ``acquire`` returns a ``Turn``; with ``fetch`` this process may ask for at most ``ttl`` seconds
+    (after which another may take the lease, so a holder that dies does not stop refreshes).
+    ``release`` follows every turn that was not a wait: it gives the lease back (only the holder's
+    release counts) and says which staple this process holds for the key after the CA's answer or
+    the answer the lease gave (None when there was no usable one): the others take it instead of
+    asking again while it is fresh, and a lease that gave an answer learns whether it was any good.
+    Neither raises: a lease that cannot be checked (its database is down, full, read-only) is
+    granted, since asking the CA twice is better than not at all.
+    """
+
+    async def acquire(self, key: CertKey, ttl: float) -> Turn: ...
+
+    async def release(self, key: CertKey, answered: Staple | None) -> None: ...
 
 
 class LocalLease:
-    """One process: always granted (single-flight per key is the refresher's own)."""
+    """One process: always its turn (single-flight per key is the refresher's own)."""
 
-    async def acquire(self, key: CertKey, ttl: float) -> bool:
-        return True
+    async def acquire(self, key: CertKey, ttl: float) -> Turn:
+        return FETCH
 
-    async def release(self, key: CertKey) -> None:
+    async def release(self, key: CertKey, answered: Staple | None) -> None:
         return None
