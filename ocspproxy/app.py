@@ -29,6 +29,8 @@ from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
 from ocspproxy.serve.responder import Responder
+from ocspproxy.shared.fleet import Fleet
+from ocspproxy.shared.settings import SharedSettings
 from ocspproxy.steps import run_in_slices, without_cycle_collection
 from ocspproxy.store import FileStore, Store, StoreError
 from ocspproxy.systemd import notify
@@ -74,11 +76,14 @@ class App:
         )
         self.cache = self.door.cache
         self.fetcher = Fetcher(config.upstream)
+        # A fleet: one Redis shared by many instances (the main process alone talks to it).
+        self.fleet = self._fleet(config.shared) if config.shared is not None else None
         self.refresher = Refresher(
             door=self.door,
             source=HttpSource(self.fetcher),
-            lease=LocalLease(),
+            lease=self.fleet.lease if self.fleet is not None else LocalLease(),
             negative_ttl=config.negative_ttl,
+            lease_ttl=config.shared.lease_ttl if config.shared is not None else 30.0,
         )
         self.scheduler = Scheduler(
             cache=self.cache,
@@ -195,6 +200,8 @@ class App:
             loaded, skipped = await run_in_slices(self.warm.load_steps())
             log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(config.state_dir))
             self.warm.alert_revoked(inventory)
+            if self.fleet is not None:
+                await self.fleet.start()
             self.watcher = FileWatcher(interval=config.watch_interval)
             self.watcher.follow(files=self._watched_files(), patterns=config.certs, seen=inventory.seen)
         self.loaded.set()
@@ -250,11 +257,24 @@ class App:
         self.server.pre_shutdown()
         await self.server.shutdown(self.config.shutdown_timeout)
         await self.refresher.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.door.close()
         await self._checkpoint()  # waits for one still being written, then writes what is held now
         await self.fetcher.close()
         if self.watcher is not None:
             self.watcher.close()
+
+    def _fleet(self, settings: SharedSettings) -> Fleet:
+        # The password was read once by the configuration's check; a file gone since then is
+        # the same mistake, reported the same way.
+        try:
+            password = settings.password()
+        except OSError as exc:
+            raise ConfigError("shared_store.password_file", f"cannot read it: {exc.strerror}") from None
+        fleet = Fleet(settings, door=self.door, policy=self.config.refresh, clock=utcnow, password=password)
+        self.events.subscribe(fleet)
+        return fleet
 
     def _replace(self, inventory: Inventory) -> None:
         self.catalog.replace(inventory)

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, metavar="N", help="processes answering cache hits on the port (default 1)"
     )
+    serve.add_argument(
+        "--shared-store",
+        metavar="URL",
+        help="the fleet's Redis: redis://host:port/db, rediss://..., unix:///path, "
+        "sentinel://host:port[,host:port]/service (a password from the config file or "
+        "$OCSPPROXY_SHARED_STORE_PASSWORD, never here)",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
     _apache_parser(commands.add_parser("apache", help="set up Apache httpd to staple through ocspproxy"))
@@ -129,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "workers": args.workers,
+        "shared_store": args.shared_store,
     }
     try:
         config = load_config(args.config, overrides)

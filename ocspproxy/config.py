@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.core.validate import Rules
+from ocspproxy.shared.settings import SharedSettings, SharedSettingsError, parse_shared_store
 from ocspproxy.upstream.http import UpstreamSettings
 
 __all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
@@ -114,6 +115,7 @@ class Config:
     validity_without_next_update: float = 3600.0
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    shared: SharedSettings | None = None  # shared_store: the fleet's Redis
 
     def reloaded(self, new: Config) -> tuple[Config, list[str]]:
         """This configuration with what a reload applies at once taken from new (certificate
@@ -247,6 +249,8 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
     for key, value in data.items():
         if key == "issuer":
             values["issuer_urls"] = _issuer_tables(value, base)
+        elif key == "shared_store":
+            values["shared"] = _shared(value, base)
         elif isinstance(value, dict) and key in _SCHEMA and key != "":
             for name, item in value.items():
                 if name not in _SCHEMA[key]:
@@ -283,6 +287,14 @@ def _issuer_tables(value: Any, base: Path) -> tuple[tuple[Path, str], ...]:
     return tuple(out)
 
 
+def _shared(value: Any, base: Path, *, from_command_line: bool = False) -> SharedSettings | None:
+    key = "--shared-store" if from_command_line else "shared_store"
+    try:
+        return parse_shared_store(value, base, key=key, from_command_line=from_command_line)
+    except SharedSettingsError as exc:
+        raise ConfigError(exc.key, str(exc)) from None
+
+
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read the TOML file (if any), then apply command-line overrides (already typed)."""
     data: dict[str, Any] = {}
@@ -297,7 +309,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
         base = path.parent.resolve()
     values, sub = _from_table(data, base)
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if key == "shared_store" and value is not None:
+            values["shared"] = _shared(value, Path.cwd(), from_command_line=True)
+        elif value is not None:
             values[key] = value
     listen = values.pop("listen", None)
     if listen is not None:
@@ -330,3 +344,14 @@ def _check(config: Config) -> None:
         raise ConfigError("server.connection_lifetime", "must exceed answer_budget + request_timeout")
     if config.upstream.connect_timeout > config.upstream.total_timeout:
         raise ConfigError("upstream.connect_timeout", "must not exceed upstream.total_timeout")
+    shared = config.shared
+    if shared is not None and shared.password_file is not None:
+        try:
+            shared.password()
+        except OSError as exc:
+            raise ConfigError(
+                "shared_store.password_file", f"cannot read {shared.password_file}: {exc.strerror}"
+            ) from None
+    if shared is not None and shared.lease_ttl <= config.upstream.total_timeout:
+        # A lease that ends before the CA's answer can arrive lets a second instance ask.
+        raise ConfigError("shared_store.lease_ttl", "must exceed upstream.total_timeout")
