@@ -71,14 +71,18 @@ def test_no_module_imports_itself_back() -> None:
 
 
 def test_a_worker_process_imports_no_engine() -> None:
-    """A worker answers hits: no aiohttp, no cache, store, upstream or certificate code."""
+    """A worker answers hits: no aiohttp, no cache, store, upstream or certificate code, and no
+    Redis (only the main process talks to the fleet's shared store)."""
     code = (
         "import json, sys; import ocspproxy.workers.child; "
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'ocspproxy')))))"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'redis', 'ocspproxy')))))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     loaded = json.loads(run.stdout)
-    assert not [m for m in loaded if m.startswith("aiohttp")], loaded
-    engine = ("ocspproxy.cache", "ocspproxy.store", "ocspproxy.upstream", "ocspproxy.certs", "ocspproxy.app")
+    assert not [m for m in loaded if m.startswith(("aiohttp", "redis"))], loaded
+    engine = (
+        "ocspproxy.cache", "ocspproxy.store", "ocspproxy.upstream", "ocspproxy.certs", "ocspproxy.app",
+        "ocspproxy.shared",
+    )  # fmt: skip
     assert not [m for m in loaded if m.startswith(engine)], loaded
     assert "ocspproxy.serve.hits" in loaded and "ocspproxy.serve.fastpath" in loaded
