@@ -30,7 +30,6 @@ from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
 from ocspproxy.serve.responder import Responder
 from ocspproxy.shared.fleet import Fleet
-from ocspproxy.shared.settings import SharedSettings
 from ocspproxy.steps import run_in_slices, without_cycle_collection
 from ocspproxy.store import FileStore, Store, StoreError
 from ocspproxy.systemd import notify
@@ -76,8 +75,13 @@ class App:
         )
         self.cache = self.door.cache
         self.fetcher = Fetcher(config.upstream)
-        # A fleet: one Redis shared by many instances (the main process alone talks to it).
-        self.fleet = self._fleet(config.shared) if config.shared is not None else None
+        self.fleet: Fleet | None = None  # many instances on one Redis (the main process talks to it)
+        if config.shared is not None:  # (the configuration's check has read the password file)
+            password = config.shared.password()
+            self.fleet = Fleet(
+                config.shared, door=self.door, policy=config.refresh, clock=utcnow, password=password
+            )
+            self.events.subscribe(self.fleet)
         self.refresher = Refresher(
             door=self.door,
             source=HttpSource(self.fetcher),
@@ -170,7 +174,7 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
-        load = asyncio.create_task(self.load())
+        load = asyncio.create_task(self.load(fresh=not stored))
         load.add_done_callback(self._load_done)
         self._tasks = [
             asyncio.create_task(self.scheduler.run()),
@@ -185,11 +189,16 @@ class App:
         )
         return True
 
-    async def load(self) -> None:
+    async def load(self, *, fresh: bool = False) -> None:
         """After the listener opened: read every certificate file, then hold the stored staples,
         check their signatures and schedule refreshes. A slice at a time in the event loop:
-        requests are answered in between (see ``Responder``)."""
+        requests are answered in between (see ``Responder``). In a fleet, an instance with nothing
+        stored (``fresh``) first holds the fleet's staples, served while its certificates are read;
+        one with staples of its own takes what is newer, after its own."""
+        fleet = self.fleet
         with without_cycle_collection():
+            if fleet is not None and fresh:
+                await fleet.start()
             config = self.config
             steps = certificate_files.inventory_steps(config, self.sources.certs, self._index)
             inventory = await run_in_slices(steps)
@@ -200,10 +209,10 @@ class App:
             loaded, skipped = await run_in_slices(self.warm.load_steps())
             log.info("store loaded", loaded=loaded, skipped=skipped, state_dir=str(config.state_dir))
             self.warm.alert_revoked(inventory)
-            if self.fleet is not None:
-                await self.fleet.start()
             self.watcher = FileWatcher(interval=config.watch_interval)
             self.watcher.follow(files=self._watched_files(), patterns=config.certs, seen=inventory.seen)
+            if fleet is not None:
+                await (fleet.catch_up() if fresh else fleet.start())
         self.loaded.set()
         self._tasks += [
             asyncio.create_task(self._track_soon()),
@@ -264,17 +273,6 @@ class App:
         await self.fetcher.close()
         if self.watcher is not None:
             self.watcher.close()
-
-    def _fleet(self, settings: SharedSettings) -> Fleet:
-        # The password was read once by the configuration's check; a file gone since then is
-        # the same mistake, reported the same way.
-        try:
-            password = settings.password()
-        except OSError as exc:
-            raise ConfigError("shared_store.password_file", f"cannot read it: {exc.strerror}") from None
-        fleet = Fleet(settings, door=self.door, policy=self.config.refresh, clock=utcnow, password=password)
-        self.events.subscribe(fleet)
-        return fleet
 
     def _replace(self, inventory: Inventory) -> None:
         self.catalog.replace(inventory)

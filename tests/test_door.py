@@ -193,6 +193,17 @@ async def test_a_bulk_entry_from_the_fleet_is_written_to_our_store_only_once_che
     assert other.store.load(KEY) is not None
 
 
+async def test_an_entry_of_our_store_identical_to_one_taken_from_the_fleet_is_not_written_again(
+    tmp_path: Path,
+) -> None:
+    door = make_door(tmp_path)
+    der = CA.respond(SERIAL)
+    held = door.admit(Stored(KEY, der), Origin.SHARED)
+    assert held is not None and door.unwritten == 1
+    assert door.admit(Stored(KEY, der)) is held, "the same bytes: nothing new"
+    assert door.unwritten == 0, "our store holds them already"
+
+
 async def test_a_forged_bulk_entry_from_the_fleet_never_touches_our_store(tmp_path: Path) -> None:
     door = make_door(tmp_path)
     good = CA.respond(SERIAL, this_update=T0 - dt.timedelta(minutes=10))

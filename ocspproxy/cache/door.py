@@ -152,7 +152,11 @@ class Door:
                 log.warning("stored staple for an issuer no longer configured; skipped", key=str(key))
             return None
         if held is not None and held.der == stored.der:
-            return held  # nothing new (an instance that restarts reads the fleet's copy of its own)
+            if origin is Origin.STORE:  # in our store already: not written again
+                self._unpersisted.discard(key)
+                self._to_write.pop(key, None)
+                self.store.remember(held)
+            return held  # nothing new
         now = self.clock()
         try:
             if held is not None:

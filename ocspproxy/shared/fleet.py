@@ -169,6 +169,16 @@ class Fleet(Listener):
         )
         return loaded
 
+    async def catch_up(self) -> int:
+        """Once every certificate is read, after a ``start`` before: take what it skipped because
+        its issuer was not known yet (bulk again: the rest is held already and compared only)."""
+        if not self.sync.foreign or not self.link.readable:
+            return 0
+        taken = await self.sync.run(bulk=True)
+        if taken:
+            log.info("fleet", loaded=taken, after="certificates loaded")
+        return taken
+
     async def close(self) -> None:
         tasks = [*self._tasks, *self._background]
         for task in tasks:
@@ -185,7 +195,7 @@ class Fleet(Listener):
         """Write the fleet's marker if it is missing: an emptied Redis (FLUSHALL, a new or empty
         replica promoted) is found out here, and everyone writes what they hold again."""
         created = await self.link.call(
-            lambda: self.client.set(self.names.marker, self.instance, nx=True), write=True
+            lambda: self.client.set(self.names.marker, self.instance, nx=True), probe=True
         )
         if created:
             log.info("shared store holds none of the fleet's staples; writing ours", store=self.link.where)
@@ -241,7 +251,7 @@ class Fleet(Listener):
             args: list[Any] = [staple.der, *entry_fields(staple), millis(now), self.names.channel]
             args += [f"{self.instance} {key}", self._bad.pop(key, "")]
             await self._put(keys=[self.names.entry(key)], args=args, client=pipe)
-        results = await self.link.call(pipe.execute, write=True)
+        results = await self.link.call(pipe.execute)
         if results is None:
             return
         for staple, written in zip(staples, results, strict=True):
@@ -307,7 +317,6 @@ class Fleet(Listener):
                     lambda: self._drop(
                         keys=[self.names.entry(key)], args=[digest, self.names.channel, message]
                     ),
-                    write=True,
                 )
             )
             self._background.add(task)

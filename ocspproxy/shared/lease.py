@@ -61,6 +61,7 @@ class SharedLease:
         return [self.names.lease(key), self.names.done(key), self.names.entry(key)]
 
     async def acquire(self, key: CertKey, ttl: float) -> Turn:
+        await self.link.first_word()
         if not self.link.writable:
             return FETCH  # no lease to be had: asking the CA twice beats not asking
         now = self.clock()
@@ -69,7 +70,7 @@ class SharedLease:
         token = f"{self.instance}-{next(self._seq)}"
         names = self._names(key)
         args: list[Any] = [token, max(1, int(ttl * 1000)), *have, millis(now)]
-        reply = await self.link.call(lambda: self._acquire(keys=names, args=args), write=True)
+        reply = await self.link.call(lambda: self._acquire(keys=names, args=args))
         if not isinstance(reply, list) or not reply:
             return FETCH
         if reply[0] == 1 and isinstance(reply[1], bytes):
@@ -100,7 +101,7 @@ class SharedLease:
             args = [token, int(quiet * 1000), answered.der, *entry_fields(answered), millis(now)]
             args += [self.names.channel, f"{self.instance} {key}"]
             self.seen(key, answered.der)
-        await self.link.call(lambda: self._release(keys=names, args=args), write=True)
+        await self.link.call(lambda: self._release(keys=names, args=args))
 
     def quiet(self, staple: Staple, now: datetime) -> float:
         """How long the others take this answer instead of asking the CA: until it is due for a

@@ -6,6 +6,7 @@ beyond ``timeout`` or fails because of it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -71,6 +72,15 @@ class Link:
         self.on_usable = on_usable  # called each time the state becomes OK: the fleet syncs then
         self.state = State.UNREACHABLE  # until the first write passes
         self._announced: State | None = None
+        self.known = asyncio.Event()  # set once the first call has told usable or not
+
+    async def first_word(self) -> None:
+        """Until the first call has told whether Redis is usable (bounded): a fetch decided on
+        before it would ask the CA for what Redis holds."""
+        if not self.known.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout * 2):
+                    await self.known.wait()
 
     @property
     def writable(self) -> bool:
@@ -80,9 +90,10 @@ class Link:
     def readable(self) -> bool:
         return self.state in (State.OK, State.FULL, State.READ_ONLY)
 
-    async def call(self, op: Callable[[], Awaitable[T]], *, write: bool = False) -> T | None:
-        """op's result, or None when it failed (the state says why). Only a write that succeeds
-        makes the state OK (a read succeeds on a read-only replica or a full Redis too)."""
+    async def call(self, op: Callable[[], Awaitable[T]], *, probe: bool = False) -> T | None:
+        """op's result, or None when it failed (the state says why). Only the probe (a plain
+        write) makes the state OK when it succeeds: a read, or a script that ends up writing
+        nothing, succeeds on a read-only replica or a full Redis too."""
         try:
             # Twice the socket timeout: a reply that trickles in never holds a caller longer.
             async with asyncio.timeout(self.timeout * 2):
@@ -91,11 +102,12 @@ class Link:
             cancelled(exc)
             self.note(classify(exc), exc)
             return None
-        if write:
+        if probe:
             self.note(State.OK)
         return result
 
     def note(self, state: State, exc: BaseException | None = None) -> None:
+        self.known.set()
         if state is self._announced:
             return
         self.state = self._announced = state

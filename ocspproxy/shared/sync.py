@@ -22,6 +22,7 @@ from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import Staple
 from ocspproxy.shared.keys import Names, entry_fields
 from ocspproxy.shared.link import Link
+from ocspproxy.shared.scripts import DERS, TIMES
 from ocspproxy.store.base import Stored
 
 __all__ = ["Sync"]
@@ -48,6 +49,9 @@ class Sync:
         self.seen = seen  # these bytes were read from Redis for a key
         self.pull = pull  # read these keys' entries and ingest them
         self.push = push  # write these staples
+        self._times = client.register_script(TIMES)
+        self._ders = client.register_script(DERS)
+        self.foreign = 0  # entries of issuers we did not know (yet) at the last run
 
     async def run(self, *, bulk: bool) -> int:
         """Read what Redis holds that is newer than ours (at start-up, ``bulk``: admitted, the
@@ -55,6 +59,7 @@ class Sync:
         what we hold that Redis lacks or holds older. Returns how many entries were taken."""
         theirs: dict[CertKey, tuple[int, int]] = {}
         taken = 0
+        self.foreign = 0
         cursor = 0
         while True:
             reply = await self.link.call(
@@ -85,19 +90,18 @@ class Sync:
                 keys.append(self.names.key_of(name))
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(self.names.entry(key), "tu", "pa")
-        rows = await self.link.call(pipe.execute) or []
+        names = [self.names.entry(key) for key in keys]
+        flat = await self.link.call(lambda: self._times(keys=names)) or []
         wanted = []
         catalog = self.door.catalog
-        for key, row in zip(keys, rows, strict=False):
+        for i, key in enumerate(keys):
             try:
-                times = (int(row[0]), int(row[1]))
-            except (TypeError, ValueError):
+                times = (int(flat[2 * i]), int(flat[2 * i + 1]))
+            except (IndexError, TypeError, ValueError):
                 times = _NEVER  # no usable fields: ours replace it
             theirs[key] = times
             if catalog.issuer_for_key(key) is None:
+                self.foreign += 1
                 continue
             held = self.door.cache.current(key)
             if held is None or times > entry_fields(held)[:2]:
@@ -105,15 +109,13 @@ class Sync:
         return wanted
 
     async def _admit(self, keys: list[CertKey]) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(self.names.entry(key), "der")
-        ders = await self.link.call(pipe.execute) or []
+        names = [self.names.entry(key) for key in keys]
+        ders = await self.link.call(lambda: self._ders(keys=names)) or []
         taken = 0
         doubtful = []
         with self.door.cache.batch():
             for key, der in zip(keys, ders, strict=False):
-                if isinstance(der, bytes):
+                if isinstance(der, bytes) and der:
                     self.seen(key, der)
                     held = self.door.admit(Stored(key, der), Origin.SHARED)
                     if held is None or held.der != der:
