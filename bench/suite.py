@@ -1,6 +1,6 @@
 """The benchmark suite's driver: runs the benchmarks, prints one table, writes bench/results/latest.json.
 
-    bench/run [--quick] [--only cache-hit|handshake|scale|profile] [--profile] [--keep]
+    bench/run [--quick] [--only cache-hit|handshake|scale|fleet|profile] [--profile] [--keep]
 
 It is a report, not a test: missed targets do not change the exit status; a benchmark that cannot run
 (a peer missing, a crash) does (status 1), so CI notices when the suite itself breaks.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BENCH_DIR
+from bench.fleet import FleetSettings, fleet_rows, run_fleet
 from bench.handshake import HandshakeResults, run_handshake
 from bench.loadtest import VARIANTS, CacheHitResults, LoadSettings, run_cache_hit
 from bench.profile import run_profile
@@ -29,7 +30,7 @@ from bench.scale import ScaleResults, ScaleSettings, run_scale
 
 __all__ = ["main"]
 
-BENCHMARKS = ("cache-hit", "handshake", "scale")
+BENCHMARKS = ("cache-hit", "handshake", "scale", "fleet")
 RESULTS_DIR = BENCH_DIR / "results"
 
 
@@ -340,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                 scaled = run_scale(work / "scale", scale, progress)
                 raw[name] = asdict(scaled)
                 rows += scale_rows(scaled)
+            elif name == "fleet":
+                quick = FleetSettings(certificates=5, window_s=12.0, fresh_n=2_000, sample=50)
+                fleet = run_fleet(work / "fleet", quick if args.quick else FleetSettings(), progress)
+                raw[name] = asdict(fleet)
+                rows += fleet_rows(fleet)
+                peers["fleet"] = "one ocspproxy alone, asking its own openssl ocsp CA in the same window"
             elif name == "profile":
                 raw[name] = run_profile(work / "profile", RESULTS_DIR, profile_seconds, scale.n, progress)
         except Exception as exc:
