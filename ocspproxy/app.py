@@ -12,6 +12,9 @@ from typing import Any
 
 import structlog
 
+from ocspproxy.admin.history import History
+from ocspproxy.admin.server import AdminServer
+from ocspproxy.admin.view import ServiceView
 from ocspproxy.cache.door import Door
 from ocspproxy.cache.events import Events
 from ocspproxy.cache.refresher import Refresher
@@ -29,6 +32,7 @@ from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
 from ocspproxy.serve.responder import Responder
+from ocspproxy.serve.tally import Tally
 from ocspproxy.steps import run_in_slices, without_cycle_collection
 from ocspproxy.store import FileStore, Store, StoreError
 from ocspproxy.systemd import notify
@@ -103,7 +107,11 @@ class App:
             fetch_burst=config.fetch_burst_per_issuer,
         )
         self.limits = Limits.from_config(config)
-        self.server = GuardedServer(Edge(self.responder, self.limits))
+        # Counted only with an admin listener to report them (metrics off: nothing counted).
+        self.tally = Tally() if config.admin_listen is not None else None
+        self.history = History(self.catalog.configured)  # the admin listener's fetch history
+        self.server = GuardedServer(Edge(self.responder, self.limits, self.tally))
+        self.admin: AdminServer | None = None
         self.watcher: FileWatcher | None = None  # made in the event loop, by load
         self.pool: WorkerPool | None = None
         self.ready = asyncio.Event()  # set once the listener is open
@@ -161,6 +169,10 @@ class App:
         self.address = sockets[0].getsockname()[:2]
         if self.config.workers > 1:
             self.pool = self._start_workers([(s.family, s.getsockname()) for s in sockets])
+        if self.tally is not None and self.config.admin_listen is not None:
+            self.events.subscribe(self.history)
+            self.admin = AdminServer(ServiceView.of(self, self.tally, self.history), self.config.admin_listen)
+            await self.admin.start()  # (one that cannot listen is logged: the OCSP port serves on)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -247,6 +259,8 @@ class App:
             await self.pool.stop()
         if self._listener is not None:
             self._listener.close()
+        if self.admin is not None:
+            await self.admin.close()
         self.server.pre_shutdown()
         await self.server.shutdown(self.config.shutdown_timeout)
         await self.refresher.close()
@@ -330,6 +344,7 @@ class App:
             log_level=self.config.log_level,
             log_format=self.config.log_format,
             shutdown_timeout=self.config.shutdown_timeout,
+            report_every=1.0 if self.tally is not None else 0.0,
         )
         pool = WorkerPool(settings, catalog=self.catalog, cache=self.cache, adopt=self.server.adopt)
         self.events.subscribe(pool)

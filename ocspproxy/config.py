@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ocspproxy.admin.address import DEFAULT_ADMIN, AdminAddress, parse_admin
 from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.core.validate import Rules
 from ocspproxy.upstream.http import UpstreamSettings
@@ -92,6 +93,9 @@ class Config:
     issuer_urls: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> ocsp_url override
     log_level: str = "info"
     log_format: str = "auto"
+    admin_listen: AdminAddress | None = DEFAULT_ADMIN  # None: no admin listener, no metrics kept
+    # [admin]
+    critical_margin: float = 86400.0  # a staple expiring sooner is critical (capped, admin/status.py)
     # [server]
     answer_budget: float = 3.0
     max_request_bytes: int = 16 * 1024
@@ -171,6 +175,15 @@ def _string(key: str, value: Any) -> str:
     return value
 
 
+def _admin(key: str, value: Any) -> AdminAddress | None:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected HOST:PORT, unix:/path or an empty string, got {value!r}")
+    try:
+        return parse_admin(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _strings(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -189,6 +202,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "apache_config": ("apache_config", _string),
         "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
         "log_format": ("log_format", _choice("auto", "json", "console")),
+        "admin_listen": ("admin_listen", _admin),
+    },
+    "admin": {
+        "critical_margin": ("critical_margin", _number(0, 365 * 86400)),
     },
     "server": {
         "answer_budget": ("answer_budget", _number(0.1, 60)),
@@ -298,7 +315,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     values, sub = _from_table(data, base)
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = value
+            values[key] = _admin("--admin-listen", value) if key == "admin_listen" else value
     listen = values.pop("listen", None)
     if listen is not None:
         values["listen_host"], values["listen_port"] = parse_listen(listen)
@@ -328,5 +345,8 @@ def _check(config: Config) -> None:
         raise ConfigError("refresh.fraction", "fraction + jitter must stay below 1 - margin")
     if config.connection_lifetime <= config.answer_budget + config.request_timeout:
         raise ConfigError("server.connection_lifetime", "must exceed answer_budget + request_timeout")
+    admin = config.admin_listen
+    if admin is not None and admin.overlaps(config.listen_host, config.listen_port):
+        raise ConfigError("admin_listen", f"{admin.url} is the OCSP port; give the admin listener its own")
     if config.upstream.connect_timeout > config.upstream.total_timeout:
         raise ConfigError("upstream.connect_timeout", "must not exceed upstream.total_timeout")
