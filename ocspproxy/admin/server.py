@@ -20,19 +20,16 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import stat
-import tempfile
 from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from ocspproxy import __version__
 from ocspproxy.admin import metrics
 from ocspproxy.admin.address import AdminAddress
+from ocspproxy.admin.listen import GatedServer, unix_socket
 from ocspproxy.admin.page import CSP, render_page
 from ocspproxy.admin.status import Row, exit_code, summary
 from ocspproxy.admin.view import ServiceView
@@ -48,7 +45,6 @@ MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 5.0
 REFRESH_WAIT = 30.0  # a refresh answers after this even if fetches go on (they are "pending")
 REFRESH_AT_ONCE = 32  # forced fetches started at a time (the per-upstream cap applies below)
-_SOCKET_MODE = 0o660  # the service's user and group
 
 
 def status_document(rows: list[Row], *, now: datetime, ready: bool, source: str) -> dict[str, Any]:
@@ -65,33 +61,15 @@ def status_document(rows: list[Row], *, now: datetime, ready: bool, source: str)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=status,
         text=json.dumps(data, indent=1) + "\n",
         content_type="application/json",
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
-
-
-class _GatedServer(web.Server):
-    """aiohttp's low-level server with the OCSP port's gate: a cap on connections, a lifetime."""
-
-    def __init__(self, handler: Any, gate: Gate, **settings: Any) -> None:
-        super().__init__(handler, **settings)
-        self.gate = gate
-        self._timers: dict[RequestHandler, asyncio.TimerHandle] = {}
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        timer = self.gate.admit(transport)
-        if timer is not None:
-            self._timers[handler] = timer
-
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        timer = self._timers.pop(handler, None)
-        if timer is not None:
-            self.gate.release(timer)
-        super().connection_lost(handler, exc)
+    if status >= 400:
+        response.force_close()  # a body left unread is not waited for
+    return response
 
 
 class AdminServer:
@@ -104,13 +82,14 @@ class AdminServer:
             request_timeout=BODY_TIMEOUT,
             connection_lifetime=LIFETIME,
         )
-        self.server = _GatedServer(
+        self.server = GatedServer(
             self.handle,
             Gate(self.limits),
             access_log=None,
             keepalive_timeout=5.0,
+            lingering_time=0.0,  # a body left unread (an error answered) is not waited for
             max_line_size=4096,
-            max_field_size=4096,
+            max_field_size=8190,
             max_headers=32,
         )
         self.bound: str | None = None  # where it listens, once it does (port 0 resolved)
@@ -129,7 +108,7 @@ class AdminServer:
         loop = asyncio.get_running_loop()
         try:
             if self.address.path is not None:
-                sock = _unix_socket(str(self.address.path))
+                sock = unix_socket(str(self.address.path))
                 self._listener = await loop.create_server(self.server, sock=sock)
                 self.bound = self.address.url
             else:
@@ -260,33 +239,3 @@ class AdminServer:
                 )
             results.append(row)
         return results
-
-
-def _unix_socket(path: str) -> socket.socket:
-    """A listening unix socket at path, mode 0660 from the start: bound in a private directory
-    beside it, then renamed into place (no moment where others may connect). An old socket at
-    path is replaced; anything else there is an error."""
-    with contextlib.suppress(FileNotFoundError):
-        if not socket_file(path):
-            raise OSError(f"{path} exists and is not a socket")
-    directory = tempfile.mkdtemp(prefix=".admin-", dir=os.path.dirname(path) or ".")
-    temporary = os.path.join(directory, "s")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(temporary)
-        os.chmod(temporary, _SOCKET_MODE)
-        os.replace(temporary, path)
-        sock.listen(64)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        os.rmdir(directory)
-    sock.setblocking(False)
-    return sock
-
-
-def socket_file(path: str) -> bool:
-    return stat.S_ISSOCK(os.lstat(path).st_mode)
