@@ -70,7 +70,7 @@ async def refresh(proxy: Proxy, *files: str) -> tuple[int, list[str]]:
 
 def row_of(document: dict[str, Any], serial: int) -> dict[str, Any]:
     (row,) = [r for r in document["certificates"] if r["serial"] == f"{serial:x}"]
-    return row
+    return dict(row)
 
 
 async def test_the_admin_listener_follows_the_service_step_by_step(

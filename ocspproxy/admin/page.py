@@ -30,7 +30,8 @@ th{background:#f6f8fa;font-weight:600}
 font-size:.8rem;white-space:nowrap}
 .file{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem;word-break:break-all}
 .small{color:#57606a;font-size:.85rem}
-.legend svg{vertical-align:middle}
+.fetch{min-width:11rem}
+.cert{max-width:32rem}
 """
 
 
@@ -51,7 +52,7 @@ def timeline(row: Row, now: datetime, width: int = 260) -> str:
     """An SVG bar: thisUpdate at the left, nextUpdate at the right, the elapsed part filled in the
     verdict's colour, a black line at now and a blue mark at the next refresh."""
     if row.this_update is None or row.next_update is None:
-        return '<span class="small">no staple</span>'
+        return f'<span class="small">{"nothing to staple" if row.status == "none" else "no staple"}</span>'
     colour = _COLOURS[row.verdict.value]
     x_now = round(_fraction(row.this_update, row.next_update, now) * width, 1)
     parts = [
@@ -89,10 +90,11 @@ def _row_html(row: Row, now: datetime) -> str:
     return (
         f'<tr data-verdict="{row.verdict.value}">'
         f'<td><span class="verdict" style="background:{colour}">{row.verdict.value}</span></td>'
-        f'<td>{subject}<div class="file">{files}</div><div class="small">serial {serial}</div></td>'
+        f'<td class="cert">{subject}<div class="file">{files}</div>'
+        f'<div class="small">serial {serial}</div></td>'
         f'<td>{escape(row.status)}<div class="small">{escape(row.why)}</div></td>'
         f"<td>{timeline(row, now)}</td>"
-        f'<td>{last}<div class="small">failures in a row: {row.failures}</div></td>'
+        f'<td class="fetch">{last}<div class="small">failures in a row: {row.failures}</div></td>'
         f'<td class="small">{escape(row.issuer or "—")}<br>{escape(row.ocsp_url or "")}</td>'
         "</tr>"
     )
