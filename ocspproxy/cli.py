@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-listen",
         metavar="HOST:PORT",
         help="admin listener (metrics, health, status): HOST:PORT, unix:/path, or '' for off "
-        "(default 127.0.0.1:2561)",
+        "(default 127.0.0.1 and the port after --listen's: 2561)",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["auto", "json", "console"])

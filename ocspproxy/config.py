@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ocspproxy.admin.address import DEFAULT_ADMIN, AdminAddress, parse_admin
+from ocspproxy.admin.address import DEFAULT_ADMIN, AdminAddress, admin_beside, parse_admin
 from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.core.validate import Rules
 from ocspproxy.upstream.http import UpstreamSettings
@@ -319,6 +319,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     listen = values.pop("listen", None)
     if listen is not None:
         values["listen_host"], values["listen_port"] = parse_listen(listen)
+    if "admin_listen" not in values:
+        values["admin_listen"] = admin_beside(values.get("listen_port", DEFAULT_PORT))
     if "issuers" in values:
         values["issuers"] = tuple(Path(p) for p in values["issuers"])
     # Computed here, not as the dataclass default alone: a missing home is a ConfigError the

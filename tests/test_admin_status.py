@@ -173,6 +173,9 @@ def test_the_configuration_refuses_the_ocsp_port_for_the_admin_listener(tmp_path
     config = load_config(toml, {"state_dir": tmp_path})
     assert config.admin_listen is None and config.critical_margin == 600
     assert load_config(None, {"state_dir": tmp_path}).admin_listen == AdminAddress("127.0.0.1", 2561)
+    # An OCSP port of one's own choosing moves the default admin port along (never onto it).
+    moved = load_config(None, {"state_dir": tmp_path, "listen": "0.0.0.0:2561"})
+    assert moved.admin_listen == AdminAddress("127.0.0.1", 2562)
 
 
 def test_a_tally_counts_by_outcome_and_bucket_and_travels_whole() -> None:

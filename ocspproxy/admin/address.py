@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_ADMIN", "DEFAULT_ADMIN_PORT", "AdminAddress", "parse_admin"]
+__all__ = ["DEFAULT_ADMIN", "DEFAULT_ADMIN_PORT", "AdminAddress", "admin_beside", "parse_admin"]
 
 DEFAULT_ADMIN_PORT = 2561  # beside the OCSP port (2560); unprivileged
 
@@ -43,6 +43,11 @@ class AdminAddress:
 
 
 DEFAULT_ADMIN = AdminAddress("127.0.0.1", DEFAULT_ADMIN_PORT)
+
+
+def admin_beside(ocsp_port: int) -> AdminAddress:
+    """The default: loopback, the port after the OCSP port's (2561 beside 2560); never the same."""
+    return AdminAddress("127.0.0.1", ocsp_port + 1 if 0 < ocsp_port < 65535 else DEFAULT_ADMIN_PORT)
 
 
 def parse_admin(value: str) -> AdminAddress | None:

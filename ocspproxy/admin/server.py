@@ -95,6 +95,7 @@ class AdminServer:
         self.bound: str | None = None  # where it listens, once it does (port 0 resolved)
         self._listener: asyncio.Server | None = None
         self._refreshing = asyncio.Lock()
+        self._fetches: set[asyncio.Future[Any]] = set()  # forced fetches, held until done
         self._routes = {
             "/healthz": self.healthz,
             "/readyz": self.readyz,
@@ -217,6 +218,9 @@ class AdminServer:
                 return await self.view.refresh(key)
 
         tasks = {name: asyncio.ensure_future(one(key)) for name, key in keys.items()}
+        for task in tasks.values():  # those still running when the answer goes go on: keep them
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
         if tasks:
             await asyncio.wait(tasks.values(), timeout=REFRESH_WAIT)
         results: list[dict[str, object]] = []
