@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.common import BENCH_DIR, PYTHON, free_port, python_env, tcp_opens
 from bench.pkiset import CacheHitSet, cache_hit_set
@@ -83,6 +84,7 @@ class CacheHitResults:
     settings: LoadSettings
     runs: dict[str, ServerRun]
     checks: list[str]
+    metrics_cost: Any = None  # bench.metricscost.MetricsCost: metrics on against off, same run
 
 
 def wrk_command(port: int, requests_dir: Path, k: int, s: LoadSettings) -> list[str]:
@@ -229,6 +231,7 @@ def run_cache_hit(workdir: Path, s: LoadSettings, log: list[str]) -> CacheHitRes
         (expected_dir / f"{i}.der").write_bytes(der)
     upstream, _ = start_upstream(hits.responses_file, workdir / "upstream.log", port=up_port)
     runs: dict[str, ServerRun] = {}
+    cost = None
     try:
         # nginx first: warm it (first pass misses and fills the cache, second pass must all be hits)
         nginx, nginx_port = start_nginx(workdir / "nginx", up_port)
@@ -289,6 +292,15 @@ def run_cache_hit(workdir: Path, s: LoadSettings, log: list[str]) -> CacheHitRes
                 checks.append(_describe(run))
             finally:
                 proxy.stop()
+        from bench.metricscost import run_metrics_cost  # (it uses this module's wrk runner)
+
+        log.append("cache-hit: metrics off against on (scraped every second), alternating")
+        cost = run_metrics_cost(workdir, hits, s, rounds=1 if s.wrk_seconds <= 1 else 3)
+        checks.append(
+            f"metrics: off {cost.off_rps} req/s, on {cost.on_rps} req/s; {cost.scrapes} scrapes during "
+            f"the load ({cost.scrape_errors} failed); hits counted {cost.hits_counted} for "
+            f"{cost.requests_sent} requests sent (plus the warm-up checks)"
+        )
     finally:
         upstream.stop()
-    return CacheHitResults(k=s.k, settings=s, runs=runs, checks=checks)
+    return CacheHitResults(k=s.k, settings=s, runs=runs, checks=checks, metrics_cost=cost)

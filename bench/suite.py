@@ -121,6 +121,25 @@ def cache_hit_rows(r: CacheHitResults) -> list[Row]:
     return rows
 
 
+def metrics_rows(r: CacheHitResults) -> list[Row]:
+    """Metrics on (admin listener, scraped every second) against off, the same run, alternating."""
+    cost = r.metrics_cost
+    if cost is None or cost.on is None or cost.off is None:
+        return []
+    return [
+        Row(
+            "cache hit, log info, 1 process",
+            f"metrics on / off, median of {cost.rounds} alternating wrk runs, requests/s",
+            cost.on,
+            cost.off,
+            "req/s",
+            target="≥ 0.95 times off",
+            met=cost.on >= 0.95 * cost.off,
+            digits=0,
+        )
+    ]
+
+
 def handshake_rows(r: HandshakeResults) -> list[Row]:
     via = r.variants.get("ocspproxy", {})
     direct = r.variants.get("direct", {})
@@ -328,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw[name] = asdict(hits)
                 for check in hits.checks:
                     progress.append(f"check: {check}")
-                rows += cache_hit_rows(hits)
+                rows += cache_hit_rows(hits) + metrics_rows(hits)
                 peers["cache hit"] = "nginx 1.22 proxy_cache (POST, key = URI + body), warm"
             elif name == "handshake":
                 shakes = run_handshake(work / "handshake", seconds=shake_seconds, ca_delay=0.5, log=progress)

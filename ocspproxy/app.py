@@ -12,6 +12,9 @@ from typing import Any
 
 import structlog
 
+from ocspproxy.admin.history import History
+from ocspproxy.admin.server import AdminServer
+from ocspproxy.admin.view import ServiceView
 from ocspproxy.cache.door import Door
 from ocspproxy.cache.events import Events
 from ocspproxy.cache.refresher import Refresher
@@ -29,6 +32,7 @@ from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
 from ocspproxy.serve.responder import Responder
+from ocspproxy.serve.tally import Tally
 from ocspproxy.shared.fleet import Fleet
 from ocspproxy.steps import run_in_slices, without_cycle_collection
 from ocspproxy.store import FileStore, Store, StoreError
@@ -75,12 +79,9 @@ class App:
         )
         self.cache = self.door.cache
         self.fetcher = Fetcher(config.upstream)
-        self.fleet: Fleet | None = None  # many instances on one Redis (the main process talks to it)
-        if config.shared is not None:  # (the configuration's check has read the password file)
-            password = config.shared.password()
-            self.fleet = Fleet(
-                config.shared, door=self.door, policy=config.refresh, clock=utcnow, password=password
-            )
+        # Many instances on one Redis (shared_store); the main process alone talks to it.
+        self.fleet = Fleet.of(config.shared, self.door, config.refresh, utcnow) if config.shared else None
+        if self.fleet is not None:
             self.events.subscribe(self.fleet)
         self.refresher = Refresher(
             door=self.door,
@@ -112,7 +113,11 @@ class App:
             fetch_burst=config.fetch_burst_per_issuer,
         )
         self.limits = Limits.from_config(config)
-        self.server = GuardedServer(Edge(self.responder, self.limits))
+        # Counted only with an admin listener to report them (metrics off: nothing counted).
+        self.tally = Tally() if config.admin_listen is not None else None
+        self.history = History(self.catalog.configured)  # the admin listener's fetch history
+        self.server = GuardedServer(Edge(self.responder, self.limits, self.tally))
+        self.admin: AdminServer | None = None
         self.watcher: FileWatcher | None = None  # made in the event loop, by load
         self.pool: WorkerPool | None = None
         self.ready = asyncio.Event()  # set once the listener is open
@@ -170,6 +175,10 @@ class App:
         self.address = sockets[0].getsockname()[:2]
         if self.config.workers > 1:
             self.pool = self._start_workers([(s.family, s.getsockname()) for s in sockets])
+        if self.tally is not None and self.config.admin_listen is not None:
+            self.events.subscribe(self.history)
+            self.admin = AdminServer(ServiceView.of(self, self.tally, self.history), self.config.admin_listen)
+            await self.admin.start()  # (one that cannot listen is logged: the OCSP port serves on)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -263,6 +272,8 @@ class App:
             await self.pool.stop()
         if self._listener is not None:
             self._listener.close()
+        if self.admin is not None:
+            await self.admin.close()
         self.server.pre_shutdown()
         await self.server.shutdown(self.config.shutdown_timeout)
         await self.refresher.close()
@@ -276,22 +287,9 @@ class App:
 
     def _replace(self, inventory: Inventory) -> None:
         self.catalog.replace(inventory)
-        self._report(inventory)
+        certificate_files.report(self.sources, inventory)
         if self.pool is not None:
             self.pool.issuers_changed()
-
-    def _report(self, inventory: Inventory) -> None:
-        """At start-up and on each reload (a watch pass reloads only when a file changed)."""
-        if self.sources.unstapled is not None:
-            log.warning(**self.sources.unstapled)
-        for problem in inventory.problems:
-            log.warning("inventory", problem=problem)
-        log.info(
-            "inventory loaded",
-            certificates=len(inventory.targets),
-            issuers=len({id(i) for i in inventory.issuers.values()}),
-            problems=len(inventory.problems),
-        )
 
     def _load_done(self, task: asyncio.Task[None]) -> None:
         """The service is useless without its certificates: a load that failed stops it (exit 1)."""
@@ -341,14 +339,9 @@ class App:
             await watcher.refollow(files=self._watched_files(), patterns=self.config.certs)
 
     def _start_workers(self, addresses: list[tuple[int, tuple[str, int]]]) -> WorkerPool:
-        settings = PoolSettings(
-            count=self.config.workers - 1,
-            addresses=tuple(addresses),
-            limits=self.limits,
-            log_level=self.config.log_level,
-            log_format=self.config.log_format,
-            shutdown_timeout=self.config.shutdown_timeout,
-        )
+        c, every = self.config, 1.0 if self.tally is not None else 0.0  # (the workers' counters)
+        settings = PoolSettings(c.workers - 1, tuple(addresses), self.limits, c.log_level, c.log_format,
+                                c.shutdown_timeout, report_every=every)  # fmt: skip
         pool = WorkerPool(settings, catalog=self.catalog, cache=self.cache, adopt=self.server.adopt)
         self.events.subscribe(pool)
         pool.start()

@@ -6,8 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ocspproxy import __version__
+from ocspproxy.admin import commands as admin_commands
 from ocspproxy.apache import commands as apache_commands
 from ocspproxy.app import App
 from ocspproxy.config import Config, ConfigError, load_config
@@ -58,10 +60,40 @@ def _parser() -> argparse.ArgumentParser:
         "sentinel://host:port[,host:port]/service (a password from the config file or "
         "$OCSPPROXY_SHARED_STORE_PASSWORD, never here)",
     )
+    serve.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="admin listener (metrics, health, status): HOST:PORT, unix:/path, or '' for off "
+        "(default 127.0.0.1 and the port after --listen's: 2561)",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
     _apache_parser(commands.add_parser("apache", help="set up Apache httpd to staple through ocspproxy"))
+    _admin_parsers(commands)
     return parser
+
+
+def _admin_parsers(commands: Any) -> None:
+    admin_help = "the admin listener: http://HOST:PORT or unix:/path (default: admin_listen of --config)"
+    status = commands.add_parser(
+        "status",
+        help="is every staple fine, and if not why (a Nagios/Icinga check as it is)",
+        epilog="exit status: 0 every staple fine, 1 warning (a refresh failing, time left), 2 critical "
+        "(no staple, expired or expiring within critical_margin, revoked, unknown), 3 cannot tell "
+        "(service unreachable: the state directory is read instead, and 2 is still given for a "
+        "critical staple)",
+    )
+    refresh = commands.add_parser(
+        "refresh", help="ask the running service to fetch these staples now, and print what each gave"
+    )
+    for sub in (status, refresh):
+        sub.add_argument("--admin", metavar="URL", help=admin_help)
+        sub.add_argument("--config", type=Path, metavar="FILE", help="ocspproxy's TOML configuration")
+        sub.add_argument("--state-dir", type=Path, metavar="DIR", help="the state directory (as for serve)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    which = refresh.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every configured certificate with an OCSP URL")
+    which.add_argument("certfile", nargs="*", default=[], help="certificate files, as configured")
 
 
 def _apache_parser(apache: argparse.ArgumentParser) -> None:
@@ -100,6 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "apache":
         return _apache(args)
+    if args.command == "status":
+        return admin_commands.status_command(
+            admin=args.admin, config_file=args.config, state_dir=args.state_dir, as_json=args.json
+        )
+    if args.command == "refresh":
+        return admin_commands.refresh_command(
+            admin=args.admin,
+            config_file=args.config,
+            state_dir=args.state_dir,
+            everything=args.all,
+            files=args.certfile,
+            as_json=args.json,
+        )
     return 2
 
 
@@ -137,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "workers": args.workers,
         "shared_store": args.shared_store,
+        "admin_listen": args.admin_listen,
     }
     try:
         config = load_config(args.config, overrides)

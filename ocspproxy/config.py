@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from ocspproxy.admin.address import DEFAULT_ADMIN, AdminAddress, admin_beside
 from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.core.validate import Rules
-from ocspproxy.shared.settings import SharedSettings, SharedSettingsError, parse_shared_store
+from ocspproxy.schema import PATH_KEYS, SCHEMA, ConfigError, admin_address, issuer_tables, shared_store
+from ocspproxy.shared.settings import SharedSettings
 from ocspproxy.upstream.http import UpstreamSettings
 
 __all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
@@ -26,12 +27,6 @@ __all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_l
 # What a reload (SIGHUP, a certificate file changed) applies at once; the rest waits for a restart.
 _RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
 DEFAULT_PORT = 2560  # after RFC 2560, the first OCSP RFC; unprivileged
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def _passwd_home(uid: int) -> str | None:
@@ -93,6 +88,9 @@ class Config:
     issuer_urls: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> ocsp_url override
     log_level: str = "info"
     log_format: str = "auto"
+    admin_listen: AdminAddress | None = DEFAULT_ADMIN  # None: no admin listener, no metrics kept
+    # [admin]
+    critical_margin: float = 86400.0  # a staple expiring sooner is critical (capped, admin/status.py)
     # [server]
     answer_budget: float = 3.0
     max_request_bytes: int = 16 * 1024
@@ -146,90 +144,6 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     return host, int(port)
 
 
-def _number(minimum: float, maximum: float, *, integer: bool = False) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        numeric = isinstance(value, int) or (not integer and isinstance(value, float))
-        if isinstance(value, bool) or not numeric:
-            raise ConfigError(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise ConfigError(key, f"must be between {minimum} and {maximum}, got {value}")
-        return value if integer else float(value)
-
-    return check
-
-
-def _choice(*options: str) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        if value not in options:
-            raise ConfigError(key, f"expected one of {', '.join(options)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(key, "expected a list of paths")
-    return tuple(value)
-
-
-# section -> key -> (Config attribute or "section.attribute", checker)
-_SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
-    "": {
-        "listen": ("listen", _string),
-        "state_dir": ("state_dir", _string),
-        "certs": ("certs", _strings),
-        "issuers": ("issuers", _strings),
-        "apache_config": ("apache_config", _string),
-        "log_level": ("log_level", _choice("debug", "info", "warning", "error")),
-        "log_format": ("log_format", _choice("auto", "json", "console")),
-    },
-    "server": {
-        "answer_budget": ("answer_budget", _number(0.1, 60)),
-        "max_request_bytes": ("max_request_bytes", _number(256, 1 << 20, integer=True)),
-        "max_connections": ("max_connections", _number(1, 1_000_000, integer=True)),
-        "request_timeout": ("request_timeout", _number(0.1, 600)),
-        "connection_lifetime": ("connection_lifetime", _number(1, 3600)),
-        "max_tracked_requests": ("max_tracked_requests", _number(0, 10_000_000, integer=True)),
-        "fetch_rate_per_issuer": ("fetch_rate_per_issuer", _number(0.01, 10_000)),
-        "fetch_burst_per_issuer": ("fetch_burst_per_issuer", _number(1, 100_000, integer=True)),
-        "watch_interval": ("watch_interval", _number(0.5, 3600)),
-        "shutdown_timeout": ("shutdown_timeout", _number(0, 600)),
-        "workers": ("workers", _number(1, 64, integer=True)),
-    },
-    "cache": {
-        "memory_max_entries": ("memory_max_entries", _number(1, 100_000_000, integer=True)),
-        "negative_ttl": ("negative_ttl", _number(0, 3600)),
-        "skew": ("skew", _number(0, 3600)),
-        "validity_without_next_update": ("validity_without_next_update", _number(60, 7 * 86400)),
-    },
-    "refresh": {
-        "fraction": ("refresh.fraction", _number(0.05, 0.9)),
-        "jitter": ("refresh.jitter", _number(0, 0.5)),
-        "margin": ("refresh.margin", _number(0.01, 0.5)),
-        "retry_initial": ("refresh.retry_initial", _number(0.1, 3600)),
-        "retry_max": ("refresh.retry_max", _number(1, 86400)),
-        "max_interval": ("refresh.max_interval", _number(1, 30 * 86400)),
-        "retry_unservable": ("refresh.retry_unservable", _number(1, 86400)),
-    },
-    "upstream": {
-        "connect_timeout": ("upstream.connect_timeout", _number(0.1, 120)),
-        "total_timeout": ("upstream.total_timeout", _number(0.1, 600)),
-        "max_per_upstream": ("upstream.max_per_upstream", _number(1, 1024, integer=True)),
-        "max_response_bytes": ("upstream.max_response_bytes", _number(1024, 16 << 20, integer=True)),
-    },
-}
-_PATH_KEYS = {"state_dir", "apache_config"}
-
-
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
@@ -248,19 +162,19 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
     sub: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key == "issuer":
-            values["issuer_urls"] = _issuer_tables(value, base)
+            values["issuer_urls"] = issuer_tables(value, base, _resolve)
         elif key == "shared_store":
-            values["shared"] = _shared(value, base)
-        elif isinstance(value, dict) and key in _SCHEMA and key != "":
+            values["shared"] = shared_store(value, base)
+        elif isinstance(value, dict) and key in SCHEMA and key != "":
             for name, item in value.items():
-                if name not in _SCHEMA[key]:
+                if name not in SCHEMA[key]:
                     raise ConfigError(f"{key}.{name}", "unknown key")
-                attr, check = _SCHEMA[key][name]
+                attr, check = SCHEMA[key][name]
                 _apply(values, sub, attr, check(f"{key}.{name}", item))
-        elif key in _SCHEMA[""]:
-            attr, check = _SCHEMA[""][key]
+        elif key in SCHEMA[""]:
+            attr, check = SCHEMA[""][key]
             checked = check(key, value)
-            if key in _PATH_KEYS:
+            if key in PATH_KEYS:
                 checked = _resolve(base, checked)
             elif key in ("certs", "issuers"):
                 checked = tuple(str(_resolve(base, v)) for v in checked)
@@ -268,31 +182,6 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
         else:
             raise ConfigError(key, "unknown key")
     return values, sub
-
-
-def _issuer_tables(value: Any, base: Path) -> tuple[tuple[Path, str], ...]:
-    if not isinstance(value, list):
-        raise ConfigError("issuer", "expected [[issuer]] tables")
-    out = []
-    for i, table in enumerate(value):
-        where = f"issuer[{i}]"
-        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url"}:
-            raise ConfigError(where, "expected keys certificate and ocsp_url only")
-        cert = _string(f"{where}.certificate", table.get("certificate"))
-        url = _string(f"{where}.ocsp_url", table.get("ocsp_url"))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
-        out.append((_resolve(base, cert), url))
-    return tuple(out)
-
-
-def _shared(value: Any, base: Path, *, from_command_line: bool = False) -> SharedSettings | None:
-    key = "--shared-store" if from_command_line else "shared_store"
-    try:
-        return parse_shared_store(value, base, key=key, from_command_line=from_command_line)
-    except SharedSettingsError as exc:
-        raise ConfigError(exc.key, str(exc)) from None
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -309,13 +198,19 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
         base = path.parent.resolve()
     values, sub = _from_table(data, base)
     for key, value in (overrides or {}).items():
-        if key == "shared_store" and value is not None:
-            values["shared"] = _shared(value, Path.cwd(), from_command_line=True)
-        elif value is not None:
+        if value is None:
+            continue
+        if key == "shared_store":
+            values["shared"] = shared_store(value, Path.cwd(), from_command_line=True)
+        elif key == "admin_listen":
+            values[key] = admin_address("--admin-listen", value)
+        else:
             values[key] = value
     listen = values.pop("listen", None)
     if listen is not None:
         values["listen_host"], values["listen_port"] = parse_listen(listen)
+    if "admin_listen" not in values:
+        values["admin_listen"] = admin_beside(values.get("listen_port", DEFAULT_PORT))
     if "issuers" in values:
         values["issuers"] = tuple(Path(p) for p in values["issuers"])
     # Computed here, not as the dataclass default alone: a missing home is a ConfigError the
@@ -342,6 +237,9 @@ def _check(config: Config) -> None:
         raise ConfigError("refresh.fraction", "fraction + jitter must stay below 1 - margin")
     if config.connection_lifetime <= config.answer_budget + config.request_timeout:
         raise ConfigError("server.connection_lifetime", "must exceed answer_budget + request_timeout")
+    admin = config.admin_listen
+    if admin is not None and admin.overlaps(config.listen_host, config.listen_port):
+        raise ConfigError("admin_listen", f"{admin.url} is the OCSP port; give the admin listener its own")
     if config.upstream.connect_timeout > config.upstream.total_timeout:
         raise ConfigError("upstream.connect_timeout", "must not exceed upstream.total_timeout")
     shared = config.shared

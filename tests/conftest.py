@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
+from ocspproxy.admin.address import AdminAddress
 from ocspproxy.app import App
 from ocspproxy.config import Config
 from ocspproxy.core.policy import RefreshPolicy
@@ -76,6 +77,11 @@ class Proxy:
     def url(self) -> str:
         assert self.app is not None and self.app.address is not None
         return f"http://127.0.0.1:{self.app.address[1]}"
+
+    @property
+    def admin_url(self) -> str:
+        assert self.app is not None and self.app.admin is not None and self.app.admin.bound is not None
+        return self.app.admin.bound
 
     async def start(self, *, loaded: bool = True) -> Proxy:
         """Start; return once it has loaded every certificate and stored staple (tests start from
@@ -143,6 +149,8 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             certs=tuple(certs),
             issuers=(issuer_path,),
             answer_budget=overrides.pop("answer_budget", 1.0),
+            # The admin listener on a free port: every test counts what it answers, none collides.
+            admin_listen=overrides.pop("admin_listen", AdminAddress("127.0.0.1", 0)),
             negative_ttl=overrides.pop("negative_ttl", 0.0),
             refresh=refresh,
             upstream=upstream,

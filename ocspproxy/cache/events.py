@@ -1,5 +1,5 @@
-"""Listeners out: who is told what happens to staples (worker processes, the scheduler; metrics, a
-shared store and exports next).
+"""Listeners out: who is told what happens to staples (worker processes, the scheduler, the admin
+listener's metrics and status, a fleet's shared store; exports next).
 
 Rules, for every listener:
 
@@ -14,21 +14,41 @@ Rules, for every listener:
 
 Events: ``stored`` — a signature-checked staple is now held for its key (fetched and accepted, or
 loaded and checked); ``dropped`` — the staple held for a key turned out unusable and is gone (not
-mere expiry); ``failed`` — a fetch for a key brought nothing usable (with why).
+mere expiry); ``failed`` — a fetch for a key brought nothing usable (with why); ``fetched`` — every
+fetch's outcome, good or bad (``Fetched``: the CA's URL, the result, why, how long it took), told
+once the fetch is over, after ``stored`` or ``failed`` for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
 from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import Staple
 
-__all__ = ["Events", "Listener"]
+__all__ = ["Events", "Fetched", "Listener"]
 
 log = structlog.get_logger("ocspproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One fetch for a key, over: ``result`` is the door's (``cache/door.Result``: stored, revoked,
+    same, kept, passed, rejected) or ``failed`` when the source gave no answer; ``reason`` says why
+    in the source's or validation's words; ``failed`` is True for rejected and failed."""
+
+    key: CertKey
+    url: str
+    result: str
+    reason: str
+    seconds: float
+    at: datetime
+    failed: bool
+    shared: bool = False  # a fleet member's answer, taken from the shared store, not the CA's
 
 
 class Listener:
@@ -41,6 +61,9 @@ class Listener:
         return None
 
     def failed(self, key: CertKey, reason: str) -> None:
+        return None
+
+    def fetched(self, fetch: Fetched) -> None:
         return None
 
 
@@ -67,6 +90,10 @@ class Events:
     def failed(self, key: CertKey, reason: str) -> None:
         for listener in self._listeners:
             self._later(listener, listener.failed, key, reason)
+
+    def fetched(self, fetch: Fetched) -> None:
+        for listener in self._listeners:
+            self._later(listener, listener.fetched, fetch)
 
     @staticmethod
     def _later(listener: Listener, method: object, *args: object) -> None:

@@ -30,6 +30,7 @@ class Persister:
         self.store = store
         self.clock = clock
         self._broken = False
+        self.failures = 0  # writes the store refused, ever (a metric)
         self._seq = itertools.count()
         self._state_seq = -1  # the most recently started write whose outcome is known
         self._unsaved: dict[CertKey, Staple] = {}
@@ -54,6 +55,7 @@ class Persister:
             try:
                 await asyncio.to_thread(self.store.save, staple)
             except StoreError as exc:
+                self.failures += 1
                 self._unsaved[key] = staple
                 self._note(seq, exc)
                 return False

@@ -12,6 +12,7 @@ import structlog
 from cachetools import TTLCache
 
 from ocspproxy.cache.door import Door, Ingested, Origin, Result
+from ocspproxy.cache.events import Fetched
 from ocspproxy.core.ocsp import CertKey
 from ocspproxy.upstream.base import Job, Lease, Source, SourceError, Turn
 
@@ -81,7 +82,11 @@ class Refresher:
                 next_update=candidate.next_update.isoformat(),
                 validity_s=int(candidate.validity_seconds),
             )
-        fields["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        seconds = time.monotonic() - started
+        fields["duration_ms"] = round(seconds * 1000, 1)
+        result, failed, now = str(outcome.result), outcome.failed, self.door.clock()
+        shared = fields.get("source") == "shared"
+        fetch = Fetched(key, job.url, result, outcome.reason, seconds, now, failed, shared)
         if outcome.failed:
             self._failing[key] = outcome.reason
             self.door.events.failed(key, outcome.reason)
@@ -89,6 +94,7 @@ class Refresher:
         else:
             self._failing.pop(key, None)
             log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+        self.door.events.fetched(fetch)
         return outcome
 
     async def _turn(self, key: CertKey) -> Turn:

@@ -20,10 +20,11 @@ import itertools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
+from ocspproxy.cache.door import Ingested
 from ocspproxy.cache.events import Listener
 from ocspproxy.cache.memory import Cache, Clock
 from ocspproxy.cache.refresher import Refresher
@@ -120,6 +121,28 @@ class Scheduler(Listener):
 
     def tracked(self) -> list[CertKey]:
         return list(self._entries)
+
+    def next_due(self, key: CertKey) -> datetime | None:
+        """Wall-clock time at which key is next fetched, or None when it is not tracked. (Due times
+        are kept in monotonic time; this reads both clocks, in the event loop.)"""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        left = entry.due - asyncio.get_running_loop().time()
+        return self.clock() + timedelta(seconds=max(0.0, left))
+
+    async def fetch_now(self, key: CertKey) -> Ingested | None:
+        """Fetch key now, whatever its due time (``ocspproxy refresh``): through the refresher, so
+        single flight and the per-upstream cap apply; a tracked key is then scheduled from the
+        outcome as after any fetch. None when its issuer or CA is not known (any more)."""
+        job = self.catalog.job_for(key)
+        if job is None:
+            return None
+        outcome = await self.refresher.refresh(key, job)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._settle(key, entry, outcome)
+        return outcome
 
     def _first_interval(self) -> float:
         """Latest first fetch of a newly tracked key whose staple is held: anywhere within one
@@ -233,6 +256,10 @@ class Scheduler(Listener):
             self.untrack(key)
             return
         outcome = await self.refresher.refresh(key, job)
+        self._settle(key, entry, outcome)
+
+    def _settle(self, key: CertKey, entry: _Entry, outcome: Ingested) -> None:
+        """Schedule key's next fetch from the outcome of the one just made."""
         entry.failures = entry.failures + 1 if outcome.failed else 0
         entry.latest = asyncio.get_running_loop().time() + self.policy.interval(self.rng)
         delay = self._delay_from_staple(key)

@@ -21,7 +21,7 @@ from ocspproxy.certs.files import (
     parse_certificates,
 )
 from ocspproxy.certs.index import CertIndex, LeafFacts
-from ocspproxy.certs.inventory import CertSource, Inventory, Issuer, Target
+from ocspproxy.certs.inventory import CertSource, Inventory, Issuer, Orphan, Target
 from ocspproxy.core.ocsp import CertKey, issuer_name_hash
 from ocspproxy.steps import Steps, run_steps
 from ocspproxy.store.atomic import Stamp
@@ -212,6 +212,8 @@ def _add_certificate(
     except (OSError, ValueError) as exc:
         problem = source.problem(path, exc) if isinstance(exc, NotACertificate) else None
         inv.problems.append(problem or f"certificate {path}: unreadable ({exc})")
+        what = exc.what if isinstance(exc, NotACertificate) else f"unreadable ({exc})"
+        inv.orphans.append(Orphan(path=path, subject=None, reason=what))
         inv.unreadable.add(path)
         return False
     if issuer is None:
@@ -269,6 +271,7 @@ def _parse_leaf(
     issuer_cert = inv.find_issuer(leaf, [*certs[1:], *(c for part in extra for c in part.certs), *pool])
     if issuer_cert is None:
         inv.problems.append(f"certificate {path} ({subject}): issuer not found; give it with --issuers")
+        inv.orphans.append(Orphan(path=path, subject=subject, reason="issuer not found"))
         return None, None
     issuer = inv.issuer_of_cert(issuer_cert)
     facts = LeafFacts(

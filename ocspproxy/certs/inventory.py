@@ -15,7 +15,7 @@ from cryptography import x509
 from ocspproxy.certs.files import NotACertificate, authority_key_id, find_issuer
 from ocspproxy.core.ocsp import HASH_ALGORITHMS, CertId, CertKey, issuer_key_hash, issuer_name_hash
 
-__all__ = ["CertSource", "Inventory", "Issuer", "Target"]
+__all__ = ["CertSource", "Inventory", "Issuer", "Orphan", "Target"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,11 +72,22 @@ class Target:
     subject: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Orphan:
+    """A configured certificate file with nothing to staple: why, in a few words (its problem line
+    says more). A certificate without an OCSP URL is a ``Target`` whose ``url`` is None."""
+
+    path: str
+    subject: str | None  # None when the file could not be read as a certificate
+    reason: str
+
+
 @dataclass(slots=True)
 class Inventory:
     issuers: dict[tuple[str, bytes], Issuer] = field(default_factory=dict)
     targets: dict[CertKey, Target] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)  # configured files that name no target
     files: dict[str, float] = field(default_factory=dict)  # certificate files read, with mtimes
     # (mtime_ns, size) of those files and of every glob match as this build saw them ((-1, -1): no
     # stat), where the watcher starts comparing: a change made since is noticed.

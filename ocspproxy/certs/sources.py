@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
+
 from ocspproxy.apache.config import ApacheConfig, ApacheConfigError, read_apache_config
 from ocspproxy.certs.build import build_steps
 from ocspproxy.certs.index import CertIndex, read_index, write_index
@@ -13,7 +15,9 @@ from ocspproxy.certs.inventory import CertSource, Inventory
 from ocspproxy.config import Config, ConfigError
 from ocspproxy.steps import Steps, run_steps
 
-__all__ = ["Sources", "certificate_sources", "inventory_steps", "read_inventory"]
+__all__ = ["Sources", "certificate_sources", "inventory_steps", "read_inventory", "report"]
+
+log = structlog.get_logger("ocspproxy")
 
 
 class Sources(NamedTuple):
@@ -92,3 +96,18 @@ def read_inventory(config: Config) -> tuple[Inventory, Sources]:
 def inventory_steps(config: Config, sources: list[CertSource], index: CertIndex) -> Steps[Inventory]:
     """The full build of the inventory of these sources, a step at a time."""
     return build_steps(sources, config.issuers, dict(config.issuer_urls), index=index)
+
+
+def report(sources: Sources, inventory: Inventory) -> None:
+    """What the inventory in force holds and lacks, logged at start-up and on each reload (a watch
+    pass reloads only when a file changed)."""
+    if sources.unstapled is not None:
+        log.warning(**sources.unstapled)
+    for problem in inventory.problems:
+        log.warning("inventory", problem=problem)
+    log.info(
+        "inventory loaded",
+        certificates=len(inventory.targets),
+        issuers=len({id(i) for i in inventory.issuers.values()}),
+        problems=len(inventory.problems),
+    )

@@ -33,6 +33,7 @@ from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Gate, Limits
 from ocspproxy.serve.render import CONTENT_TYPE, cache_headers
 from ocspproxy.serve.responder import Responder
+from ocspproxy.serve.tally import Tally
 
 __all__ = ["Edge", "GuardedServer"]
 
@@ -100,9 +101,10 @@ def _error_response(status: ResponseStatus, http_status: int = 200) -> web.Respo
 class Edge:
     """Turns one HTTP request into one OCSP answer and one log line."""
 
-    def __init__(self, responder: Responder, limits: Limits) -> None:
+    def __init__(self, responder: Responder, limits: Limits, tally: Tally | None = None) -> None:
         self.responder = responder
         self.limits = limits
+        self.tally = tally  # the main process's request counters (None: metrics are off)
         self.bad_requests = BadRequestLog()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -144,10 +146,13 @@ class Edge:
         if request.version < (1, 1) or not request.keep_alive or unfinished:
             response.force_close()
 
+        seconds = time.perf_counter() - started
+        if self.tally is not None:
+            self.tally.answered(answer.outcome.value, seconds)
         fields = request_fields(
             method=request.method,
             answer=answer,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=seconds * 1000,
             peer=request.remote,
             cert_id=cert_id,
         )
@@ -165,11 +170,14 @@ class _Handler(RequestHandler):
     with a traceback) as OCSP: bad HTTP with malformedRequest and one request line, a bug in a request
     handler with internalError and one error line."""
 
-    __slots__ = ("_bad_requests",)
+    __slots__ = ("_bad_requests", "_tally")
 
-    def __init__(self, manager: web.Server, bad_requests: BadRequestLog, **settings: Any) -> None:
+    def __init__(
+        self, manager: web.Server, bad_requests: BadRequestLog, tally: Tally | None, **settings: Any
+    ) -> None:
         super().__init__(manager, **settings)
         self._bad_requests = bad_requests
+        self._tally = tally
 
     def handle_error(
         self,
@@ -185,11 +193,15 @@ class _Handler(RequestHandler):
             fields: dict[str, object] = {"outcome": str(Outcome.MALFORMED), "detail": kind}
             self._bad_requests({**fields, "reason": reason(exc), "peer": request.remote})
             response = _error_response(ResponseStatus.MALFORMED_REQUEST, http_status)
+            outcome = Outcome.MALFORMED
         else:  # our bug (status 500), or a handler that timed out (504, no exc)
             log.error("request failed", peer=request.remote, exc_info=exc)
             fields = {"method": request.method, "outcome": str(Outcome.ERROR), "detail": "internal error"}
             request_line({**fields, "peer": request.remote})
             response = _error_response(ResponseStatus.INTERNAL_ERROR)
+            outcome = Outcome.ERROR
+        if self._tally is not None:
+            self._tally.answered(outcome.value, 0.0)  # (aiohttp keeps no start time for these)
         response.force_close()
         return response
 
@@ -215,6 +227,7 @@ class GuardedServer(web.Server):
         }
         super().__init__(edge.handle, **self._settings)
         self.bad_requests = edge.bad_requests
+        self.tally = edge.tally
         self.limits = limits
         self.responder = edge.responder
         self.gate = Gate(limits)
@@ -225,7 +238,7 @@ class GuardedServer(web.Server):
         return self.responder.hits.hit(cert_id)
 
     def __call__(self) -> RequestHandler:
-        return _Handler(self, self.bad_requests, loop=self._loop, **self._settings)
+        return _Handler(self, self.bad_requests, self.tally, loop=self._loop, **self._settings)
 
     def hand_over(
         self, transport: asyncio.Transport, buffer: bytes, timer: asyncio.TimerHandle | None

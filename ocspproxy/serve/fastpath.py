@@ -19,6 +19,7 @@ from ocspproxy.log import request_line
 from ocspproxy.serve.answer import Answer, request_fields
 from ocspproxy.serve.limits import Gate, Limits
 from ocspproxy.serve.render import Rendered
+from ocspproxy.serve.tally import Tally
 
 __all__ = ["FastPath", "Host"]
 
@@ -29,6 +30,7 @@ class Host(Protocol):
     gate: Gate
     limits: Limits
     log_fields: dict[str, object]  # added to every request line (a worker's number)
+    tally: Tally | None  # the process's request counters (None: metrics are off)
 
     def hit(self, cert_id: CertId) -> Answer | None: ...
 
@@ -118,10 +120,14 @@ class FastPath(asyncio.Protocol):
         self.transport.write(_RENDERED.get(answer.staple, version, time.time()))
         self.transport.close()
         peer = self.transport.get_extra_info("peername")
+        seconds = time.perf_counter() - self.started
+        tally = self.host.tally
+        if tally is not None:
+            tally.answered("hit", seconds)
         fields = request_fields(
             method=method.decode(),
             answer=answer,
-            latency_ms=(time.perf_counter() - self.started) * 1000,
+            latency_ms=seconds * 1000,
             peer=peer[0] if peer else None,
             cert_id=cert_id,
         )

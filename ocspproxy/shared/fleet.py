@@ -115,6 +115,13 @@ class Fleet(Listener):
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
+    @classmethod
+    def of(
+        cls, settings: SharedSettings, door: Door, policy: RefreshPolicy, clock: Callable[[], datetime]
+    ) -> Fleet:
+        """With the password from where the settings say (the configuration's check read it)."""
+        return cls(settings, door=door, policy=policy, clock=clock, password=settings.password())
+
     def _seen(self, key: CertKey, der: bytes) -> None:
         """These bytes are in Redis for key (read, or written by the lease): not written again."""
         self._known[key] = hash(der)

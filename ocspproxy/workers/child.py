@@ -34,6 +34,7 @@ from ocspproxy.serve.answer import Answer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.hits import HitTable, IssuerRow
 from ocspproxy.serve.limits import Gate, Limits
+from ocspproxy.serve.tally import Tally
 from ocspproxy.workers.outbox import Outbox
 from ocspproxy.workers.protocol import (
     CHUNK,
@@ -41,6 +42,7 @@ from ocspproxy.workers.protocol import (
     decode_issuers,
     decode_staples,
     encode_handoff,
+    encode_tally,
 )
 
 __all__ = ["Mirror", "WorkerSettings", "main"]
@@ -57,6 +59,7 @@ class WorkerSettings:
     log_level: str
     log_format: str
     shutdown_timeout: float
+    report_every: float = 0.0  # seconds between reports of its request counters; 0: none kept
 
     def to_json(self) -> str:
         limits = self.limits
@@ -73,6 +76,7 @@ class WorkerSettings:
                 ],
                 "log": [self.log_level, self.log_format],
                 "shutdown_timeout": self.shutdown_timeout,
+                "report_every": self.report_every,
             }
         )
 
@@ -93,6 +97,7 @@ class WorkerSettings:
             log_level=data["log"][0],
             log_format=data["log"][1],
             shutdown_timeout=float(data["shutdown_timeout"]),
+            report_every=float(data.get("report_every", 0.0)),
         )
 
 
@@ -148,11 +153,13 @@ class Worker:
         self.limits = settings.limits
         self.gate = Gate(settings.limits)
         self.log_fields: dict[str, object] = {"worker": settings.index}
+        self.tally = Tally() if settings.report_every > 0 else None
         self.mirror = Mirror()
         self.hits = HitTable(self.mirror, self.mirror)
         self.channel = socket.socket(fileno=settings.channel_fd)
         self.channel.setblocking(False)
         self._outbox = Outbox(self.channel, on_error=self._close_channel)
+        self._reported_refused = 0
         self.closed = asyncio.Event()
 
     def hit(self, cert_id: CertId) -> Answer | None:
@@ -175,6 +182,15 @@ class Worker:
         self._outbox.put(first, fd)
         for part in rest:
             self._outbox.put(part)
+
+    def report(self) -> None:
+        """Send the request counters to the main process, when they changed."""
+        tally = self.tally
+        if tally is None or self.closed.is_set():
+            return
+        if tally.changed or self.gate.refused != self._reported_refused:
+            self._reported_refused = self.gate.refused
+            self._outbox.put(encode_tally(tally.snapshot(self.gate.refused)))
 
     def on_readable(self) -> None:
         while True:
@@ -213,11 +229,13 @@ async def serve(settings: WorkerSettings) -> int:
         for fd in settings.listen_fds
     ]
     sweeper = asyncio.ensure_future(_sweep(worker.mirror))
+    reporter = asyncio.ensure_future(_report(worker, settings.report_every))
     await asyncio.wait(
         [asyncio.ensure_future(worker.closed.wait()), asyncio.ensure_future(terminate.wait())],
         return_when=asyncio.FIRST_COMPLETED,
     )
     sweeper.cancel()
+    reporter.cancel()
     for server in servers:
         server.close()
     with contextlib.suppress(TimeoutError):
@@ -233,6 +251,14 @@ async def _sweep(mirror: Mirror, every: float = 60.0) -> None:
     while True:
         await asyncio.sleep(every)
         mirror.sweep(datetime.now(UTC))
+
+
+async def _report(worker: Worker, every: float) -> None:
+    if worker.tally is None:
+        return
+    while True:
+        await asyncio.sleep(every)
+        worker.report()
 
 
 def main(argv: list[str]) -> int:

@@ -27,11 +27,13 @@ from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import Staple
 from ocspproxy.serve.hits import IssuerRow
 from ocspproxy.serve.limits import Limits
+from ocspproxy.serve.tally import TallySnapshot
 from ocspproxy.workers.child import WorkerSettings
 from ocspproxy.workers.outbox import Outbox
 from ocspproxy.workers.protocol import (
     CHUNK,
     decode_handoff,
+    decode_tally,
     encode_drops,
     encode_issuers,
     encode_staples,
@@ -56,6 +58,7 @@ class PoolSettings:
     log_level: str
     log_format: str
     shutdown_timeout: float
+    report_every: float = 0.0  # seconds between the workers' reports of their counters; 0: none
 
 
 @dataclass
@@ -78,6 +81,8 @@ class _Worker:
         self.handoff: _Handoff | None = None
         self.started = 0.0
         self.restart_delay = _RESTART_INITIAL
+        self.tally = TallySnapshot()  # as the running process last reported it
+        self.earlier = TallySnapshot()  # its earlier processes' (counters never go back)
 
     def start(self) -> None:
         s = self.pool.settings
@@ -101,6 +106,7 @@ class _Worker:
                 log_level=s.log_level,
                 log_format=s.log_format,
                 shutdown_timeout=s.shutdown_timeout,
+                report_every=s.report_every,
             )
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ocspproxy.workers.child", settings.to_json()],
@@ -154,6 +160,11 @@ class _Worker:
             self.add_part(first)
         elif kind == b"C" and not fds and self.handoff is not None:
             self.add_part(body)
+        elif kind == b"T" and not fds:
+            try:
+                self.tally = decode_tally(body)
+            except ValueError as exc:
+                log.error("worker sent an unreadable tally", worker=self.index, error=str(exc))
         else:
             for fd in fds:
                 os.close(fd)
@@ -190,6 +201,8 @@ class _Worker:
             self.channel.close()
             self.channel = None
         self.drop_handoff()
+        self.earlier.add(self.tally)
+        self.tally = TallySnapshot()
         if self.pool.stopping:
             return
         code = None
@@ -292,6 +305,16 @@ class WorkerPool(Listener):
         message = encode_issuers(issuer_rows(self.catalog))
         for worker in self.workers:
             worker.send([message])
+
+    def tallies(self) -> dict[int, TallySnapshot]:
+        """Each worker's request counters (by its number), over all its processes so far."""
+        out = {}
+        for worker in self.workers:
+            total = TallySnapshot()
+            total.add(worker.earlier)
+            total.add(worker.tally)
+            out[worker.index] = total
+        return out
 
     def stop_soon(self) -> None:
         """The service is stopping: a worker that exits from now on is not started again."""

@@ -2,7 +2,8 @@
 
 Main -> worker: the issuers it may answer for (``I``), signature-checked staples to serve (``S``),
 staples dropped (``D``). Worker -> main: a connection it does not answer itself (``H``: the client
-socket travels as SCM_RIGHTS with the first part of what the client sent; ``C``: the rest, if any).
+socket travels as SCM_RIGHTS with the first part of what the client sent; ``C``: the rest, if any);
+its request counters (``T``: the whole tally since it started, so a lost message loses nothing).
 
 Records are JSON: a worker holds only what the main process validated, so nothing here is parsed as
 OCSP or trusted beyond that. Pure functions, no I/O.
@@ -19,6 +20,7 @@ from datetime import datetime
 from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import CertStatus, Staple
 from ocspproxy.serve.hits import IssuerRow
+from ocspproxy.serve.tally import LATENCY_BUCKETS, TallySnapshot
 
 __all__ = [
     "CHUNK",
@@ -26,10 +28,12 @@ __all__ = [
     "decode_handoff",
     "decode_issuers",
     "decode_staples",
+    "decode_tally",
     "encode_drops",
     "encode_handoff",
     "encode_issuers",
     "encode_staples",
+    "encode_tally",
 ]
 
 # Largest message either side sends: well below the socket buffer, so one send never blocks half-way.
@@ -135,3 +139,25 @@ def decode_handoff(body: bytes) -> tuple[int, bytes]:
         raise ValueError("hand-over message too short")
     (total,) = _HANDOFF.unpack_from(body)
     return total, body[_HANDOFF.size :]
+
+
+def encode_tally(tally: TallySnapshot) -> bytes:
+    data = [tally.answers, tally.buckets, tally.seconds, tally.refused]
+    return b"T" + json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode_tally(body: bytes) -> TallySnapshot:
+    """A worker's tally; what does not fit the shape is refused (ValueError)."""
+    try:
+        answers, buckets, seconds, refused = json.loads(body)
+        snapshot = TallySnapshot(
+            answers={str(k): int(v) for k, v in answers.items()},
+            buckets={str(k): [int(c) for c in v] for k, v in buckets.items()},
+            seconds={str(k): float(v) for k, v in seconds.items()},
+            refused=int(refused),
+        )
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable tally: {exc}") from exc
+    if any(len(counts) != len(LATENCY_BUCKETS) + 1 for counts in snapshot.buckets.values()):
+        raise ValueError("unreadable tally: wrong number of buckets")
+    return snapshot
