@@ -24,7 +24,7 @@ from ocspproxy.certs.index import CertIndex, read_index, write_index
 from ocspproxy.certs.inventory import Inventory
 from ocspproxy.certs.sources import certificate_sources, read_inventory
 from ocspproxy.certs.watcher import FileWatcher
-from ocspproxy.config import Config, ConfigError
+from ocspproxy.config import Config, ConfigError, proxy_route
 from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
@@ -73,7 +73,7 @@ class App:
             memory_max=config.memory_max_entries,
         )
         self.cache = self.door.cache
-        self.fetcher = Fetcher(config.upstream)
+        self.fetcher = Fetcher(config.upstream, proxy_route(config))
         self.refresher = Refresher(
             door=self.door,
             source=HttpSource(self.fetcher),

@@ -16,21 +16,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ocspproxy.checks import ConfigError
+from ocspproxy.checks import boolean as _boolean
+from ocspproxy.checks import choice as _choice
+from ocspproxy.checks import number as _number
+from ocspproxy.checks import proxy as _proxy
+from ocspproxy.checks import string as _string
+from ocspproxy.checks import strings as _strings
 from ocspproxy.core.policy import RefreshPolicy
 from ocspproxy.core.validate import Rules
 from ocspproxy.upstream.http import UpstreamSettings
+from ocspproxy.upstream.proxy import ProxyError, ProxyRoute
 
-__all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
+__all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen", "proxy_route"]
 
 # What a reload (SIGHUP, a certificate file changed) applies at once; the rest waits for a restart.
 _RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
 DEFAULT_PORT = 2560  # after RFC 2560, the first OCSP RFC; unprivileged
-
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def _passwd_home(uid: int) -> str | None:
@@ -90,6 +92,7 @@ class Config:
     issuers: tuple[Path, ...] = ()
     apache_config: Path | None = None
     issuer_urls: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> ocsp_url override
+    issuer_proxies: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> upstream_proxy ("": none)
     log_level: str = "info"
     log_format: str = "auto"
     # [server]
@@ -114,6 +117,10 @@ class Config:
     validity_without_next_update: float = 3600.0
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    # [bundle]: warn when an imported staple's nextUpdate is closer than this (seconds); where the
+    # service writes the want file (after each load and reload, and on SIGUSR1), if anywhere
+    bundle_warn_margin: float = 2 * 86400.0
+    bundle_want_file: Path | None = None
 
     def reloaded(self, new: Config) -> tuple[Config, list[str]]:
         """This configuration with what a reload applies at once taken from new (certificate
@@ -142,41 +149,6 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
         if host != "localhost":
             raise ConfigError(key, f"host must be an IP address or localhost, got {host!r}") from None
     return host, int(port)
-
-
-def _number(minimum: float, maximum: float, *, integer: bool = False) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        numeric = isinstance(value, int) or (not integer and isinstance(value, float))
-        if isinstance(value, bool) or not numeric:
-            raise ConfigError(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise ConfigError(key, f"must be between {minimum} and {maximum}, got {value}")
-        return value if integer else float(value)
-
-    return check
-
-
-def _choice(*options: str) -> Callable[[str, Any], Any]:
-    def check(key: str, value: Any) -> Any:
-        if value not in options:
-            raise ConfigError(key, f"expected one of {', '.join(options)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(key, "expected a list of paths")
-    return tuple(value)
 
 
 # section -> key -> (Config attribute or "section.attribute", checker)
@@ -223,9 +195,16 @@ _SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "total_timeout": ("upstream.total_timeout", _number(0.1, 600)),
         "max_per_upstream": ("upstream.max_per_upstream", _number(1, 1024, integer=True)),
         "max_response_bytes": ("upstream.max_response_bytes", _number(1024, 16 << 20, integer=True)),
+        "proxy": ("upstream.proxy", _proxy),
+        "proxy_auth_file": ("upstream.proxy_auth_file", _string),
+        "use_env_proxy": ("upstream.use_env_proxy", _boolean),
+    },
+    "bundle": {
+        "warn_margin": ("bundle_warn_margin", _number(0, 365 * 86400)),
+        "want_file": ("bundle_want_file", _string),
     },
 }
-_PATH_KEYS = {"state_dir", "apache_config"}
+_PATH_KEYS = {"state_dir", "apache_config", "upstream.proxy_auth_file", "bundle.want_file"}
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -246,13 +225,16 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
     sub: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key == "issuer":
-            values["issuer_urls"] = _issuer_tables(value, base)
+            values["issuer_urls"], values["issuer_proxies"] = _issuer_tables(value, base)
         elif isinstance(value, dict) and key in _SCHEMA and key != "":
             for name, item in value.items():
                 if name not in _SCHEMA[key]:
                     raise ConfigError(f"{key}.{name}", "unknown key")
                 attr, check = _SCHEMA[key][name]
-                _apply(values, sub, attr, check(f"{key}.{name}", item))
+                checked = check(f"{key}.{name}", item)
+                _apply(
+                    values, sub, attr, _resolve(base, checked) if f"{key}.{name}" in _PATH_KEYS else checked
+                )
         elif key in _SCHEMA[""]:
             attr, check = _SCHEMA[""][key]
             checked = check(key, value)
@@ -266,21 +248,46 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
     return values, sub
 
 
-def _issuer_tables(value: Any, base: Path) -> tuple[tuple[Path, str], ...]:
+def _issuer_tables(
+    value: Any, base: Path
+) -> tuple[tuple[tuple[Path, str], ...], tuple[tuple[Path, str], ...]]:
+    """[[issuer]] tables: (certificate, ocsp_url) overrides and (certificate, upstream_proxy) ones."""
     if not isinstance(value, list):
         raise ConfigError("issuer", "expected [[issuer]] tables")
-    out = []
+    urls, proxies = [], []
     for i, table in enumerate(value):
         where = f"issuer[{i}]"
-        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url"}:
-            raise ConfigError(where, "expected keys certificate and ocsp_url only")
-        cert = _string(f"{where}.certificate", table.get("certificate"))
-        url = _string(f"{where}.ocsp_url", table.get("ocsp_url"))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
-        out.append((_resolve(base, cert), url))
-    return tuple(out)
+        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url", "upstream_proxy"}:
+            raise ConfigError(where, "expected keys certificate, ocsp_url and upstream_proxy only")
+        if not {"ocsp_url", "upstream_proxy"} & set(table):
+            raise ConfigError(where, "expected ocsp_url or upstream_proxy (or both)")
+        cert = _resolve(base, _string(f"{where}.certificate", table.get("certificate")))
+        if "ocsp_url" in table:
+            url = _string(f"{where}.ocsp_url", table["ocsp_url"])
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
+            urls.append((cert, url))
+        if "upstream_proxy" in table:
+            proxy = table["upstream_proxy"]
+            # "": this issuer's CAs are asked directly, whatever [upstream] proxy says
+            proxies.append((cert, "" if proxy == "" else _proxy(f"{where}.upstream_proxy", proxy)))
+    return tuple(urls), tuple(proxies)
+
+
+def proxy_route(config: Config) -> ProxyRoute:
+    """The forward proxies of the configuration, with the credentials file read now. Raises
+    ConfigError."""
+    settings = config.upstream
+    try:
+        return ProxyRoute.from_settings(
+            default=settings.proxy,
+            issuers=dict(config.issuer_proxies),
+            use_env=settings.use_env_proxy,
+            auth_file=settings.proxy_auth_file,
+        )
+    except ProxyError as exc:
+        raise ConfigError("upstream", str(exc)) from exc
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -307,16 +314,21 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     # Computed here, not as the dataclass default alone: a missing home is a ConfigError the
     # callers report on one line.
     values["state_dir"] = Path(values["state_dir"]) if "state_dir" in values else default_state_dir()
-    if "apache_config" in values:
-        values["apache_config"] = Path(values["apache_config"])
+    for name in ("apache_config", "bundle_want_file"):
+        if name in values:
+            values[name] = Path(values[name])
     config = Config(**values)
     config = replace(
         config,
         refresh=replace(config.refresh, **sub.get("refresh", {})),
-        upstream=replace(config.upstream, **sub.get("upstream", {})),
+        upstream=replace(config.upstream, **_paths(sub.get("upstream", {}), "proxy_auth_file")),
     )
     _check(config)
     return config
+
+
+def _paths(values: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: Path(v) if k in names else v for k, v in values.items()}
 
 
 def _check(config: Config) -> None:
