@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from ocspproxy.bundle.inbox import Inbox
 from ocspproxy.cache.door import Door
 from ocspproxy.cache.events import Events
 from ocspproxy.cache.refresher import Refresher
@@ -89,6 +90,14 @@ class App:
         )
         self.events.subscribe(self.scheduler)
         self.warm = WarmStart(store=self.store, door=self.door)
+        self.inbox = Inbox(
+            state_dir=config.state_dir,
+            door=self.door,
+            catalog=self.catalog,
+            clock=utcnow,
+            warn_margin=config.bundle_warn_margin,
+            want_file=config.bundle_want_file,
+        )
         self.loaded = asyncio.Event()  # set once every certificate and stored staple is loaded
         self.responder = Responder(
             door=self.door,
@@ -165,6 +174,7 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+            loop.add_signal_handler(signal.SIGUSR1, lambda: self.inbox.write_want_soon("SIGUSR1"))
         load = asyncio.create_task(self.load())
         load.add_done_callback(self._load_done)
         self._tasks = [
@@ -202,6 +212,7 @@ class App:
             asyncio.create_task(self._track_soon()),
             asyncio.create_task(self._watch(self.watcher)),
             asyncio.create_task(self._check_stored()),
+            asyncio.create_task(self.inbox.run()),  # bundles imported meanwhile, then as they come
         ]
 
     async def reload(self, reason: str) -> None:
@@ -257,8 +268,11 @@ class App:
             self.watcher.close()
 
     def _replace(self, inventory: Inventory) -> None:
+        changed = set(inventory.targets) != set(self.catalog.inventory.targets)
         self.catalog.replace(inventory)
         self._report(inventory)
+        if changed:
+            self.inbox.write_want_soon("certificates changed")
         if self.pool is not None:
             self.pool.issuers_changed()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ocspproxy import __version__
 from ocspproxy.apache import commands as apache_commands
 from ocspproxy.app import App
+from ocspproxy.bundle import commands as bundle_commands
 from ocspproxy.config import Config, ConfigError, load_config
 from ocspproxy.log import configure_logging
 from ocspproxy.loop import event_loop_runner
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
     _apache_parser(commands.add_parser("apache", help="set up Apache httpd to staple through ocspproxy"))
+    bundle_commands.add_parser(commands)
     return parser
 
 
@@ -93,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "apache":
         return _apache(args)
+    if args.command == "bundle":
+        return bundle_commands.run(args)
     return 2
 
 

@@ -48,6 +48,7 @@ log = structlog.get_logger("ocspproxy")
 class Origin(StrEnum):
     CA = "ca"  # an answer from a Source: the certificate's CA responder
     STORE = "store"  # our own store (it is there already: not written again)
+    BUNDLE = "bundle"  # carried in by `ocspproxy bundle import` (ocspproxy/bundle/inbox.py)
 
     @property
     def persists(self) -> bool:
