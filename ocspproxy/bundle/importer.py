@@ -191,7 +191,7 @@ def _decide(
     if earlier is not None:
         report.entries[earlier].result = SKIPPED
         report.entries[earlier].reason = f"{report.entries[earlier].name}: a later entry for it replaces it"
-    entry.reason = decision.reason
+    entry.reason = "none held before" if decision.reason == "nothing servable stored" else decision.reason
     best[key] = i
 
 
