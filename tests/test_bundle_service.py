@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +106,21 @@ async def test_an_interrupted_import_leaves_nothing_half_written_and_a_bad_spool
     spool = proxy.config.state_dir / SPOOL_NAME
     spool.mkdir(parents=True, mode=0o700)
     whole = make_bundle(tmp_path / "b.tar", ca, [(leaf.serial, ca.respond(leaf.serial))]).read_bytes()
-    (spool / ".20260101T000000.000000Z-1.bundle.1.tmp").write_bytes(
-        whole[: len(whole) // 2]
-    )  # killed mid-write
+    # Imports killed while writing: what they leave is a temporary file, never a *.bundle.
+    young, old = (
+        spool / ".tmp-20260101T000000.000000Z-1.bundle.1",
+        spool / ".tmp-20250101T000000.000000Z-3.bundle.3",
+    )
+    for torso in (young, old):
+        torso.write_bytes(whole[: len(whole) // 2])
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
     (spool / "20260101T000000.000000Z-2.bundle").write_bytes(b"garbage")
     await proxy.start()
     await eventually(lambda: (spool / "20260101T000000.000000Z-2.bundle.bad").exists())
-    assert served(proxy, ca, leaf) is None, "nothing from the torso"
-    assert (spool / ".20260101T000000.000000Z-1.bundle.1.tmp").exists(), "young: maybe an import under way"
-    capsys.readouterr()
+    assert served(proxy, ca, leaf) is None, "nothing from the torsos"
+    assert young.exists(), "young: maybe an import under way"
+    assert not old.exists(), "an hour old: removed"
+    assert "spooled bundle unusable; set aside" in capsys.readouterr().err
 
 
 async def test_every_tampered_kind_is_reported_and_the_good_entries_still_arrive(
@@ -189,9 +196,10 @@ def test_import_of_what_is_no_bundle_exits_2_with_one_line(
     assert len(err) == 1 and "format version 99 is newer than this ocspproxy reads (up to 1)" in err[0]
 
 
-def test_the_state_directory_knows_the_spool_as_its_own(tmp_path: Path) -> None:
+def test_the_state_directory_knows_the_spool_and_the_want_file_as_its_own(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / SPOOL_NAME).mkdir(parents=True)
+    (state / "want.tar").write_bytes(b"")  # where the README suggests [bundle] want_file
     state.chmod(0o755)
     StateDirectory(state)
     assert state.stat().st_mode & 0o777 == 0o700, "tightened: the spool is one of its own files"

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ocspproxy.bundle.fetch import ERROR, Got, fetch_want, write_bundle
 from ocspproxy.bundle.format import BundleError
@@ -164,6 +165,9 @@ def _want(args: argparse.Namespace, now: Callable[[], datetime]) -> int:
 
 
 def _fetch(args: argparse.Namespace, now: Callable[[], datetime]) -> int:
+    if args.via is not None and urlsplit(args.via).scheme not in ("http", "https"):
+        _err(f"--via: expected an http:// or https:// URL, got {args.via!r}")
+        return 2
     try:
         want = read_want(args.want)
     except BundleError as exc:

@@ -35,7 +35,7 @@ from typing import Any
 from ocspproxy import __version__
 from ocspproxy.core.ocsp import HASH_ALGORITHMS, CertKey
 from ocspproxy.core.staple import Staple
-from ocspproxy.store.atomic import sync_directory
+from ocspproxy.store.atomic import TMP_PREFIX, sync_directory
 
 __all__ = [
     "BUNDLE",
@@ -266,7 +266,7 @@ def write_archive(
         "created_by": f"ocspproxy {__version__}",
         "entries": entries,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")  # a leftover is known as one
     mtime = int(created.timestamp())
     try:
         with open(tmp, "wb") as out:

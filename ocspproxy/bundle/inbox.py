@@ -29,7 +29,7 @@ from ocspproxy.cache.door import Door, Origin, Result
 from ocspproxy.certs.catalog import Catalog
 from ocspproxy.certs.watch import DirectoryWatch
 from ocspproxy.core.ocsp import CertKey
-from ocspproxy.store.atomic import sync_directory
+from ocspproxy.store.atomic import TMP_PREFIX, sync_directory
 from ocspproxy.store.directory import SPOOL_NAME
 
 __all__ = ["Inbox"]
@@ -77,7 +77,10 @@ class Inbox:
             while True:
                 if watch is not None:
                     watch.watch([p for p in (self.spool.parent, self.spool) if p.is_dir()])
-                await self.drain()
+                try:
+                    await self.drain()
+                except Exception as exc:  # a bug or a disk error must not stop the next imports
+                    log.error("taking spooled bundles failed; trying again", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll):
                         await changed.wait()
@@ -221,7 +224,7 @@ def _remove_leftovers(spool: Path, older_than: float = 3600.0) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(spool):
             path = spool / name
-            if name.startswith(".") and name.endswith(".tmp"):
+            if name.startswith(TMP_PREFIX):
                 with contextlib.suppress(OSError):
                     if time.time() - path.lstat().st_mtime > older_than:
                         path.unlink()
