@@ -115,12 +115,16 @@ async def test_an_interrupted_import_leaves_nothing_half_written_and_a_bad_spool
         torso.write_bytes(whole[: len(whole) // 2])
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     (spool / "20260101T000000.000000Z-2.bundle").write_bytes(b"garbage")
+    newer = make_bundle(tmp_path / "newer.tar", ca, [(leaf.serial, ca.respond(leaf.serial))], version=2)
+    (spool / "20260101T000000.000000Z-4.bundle").write_bytes(newer.read_bytes())  # a newer `bundle import`
     await proxy.start()
-    await eventually(lambda: (spool / "20260101T000000.000000Z-2.bundle.bad").exists())
+    await eventually(lambda: (spool / "20260101T000000.000000Z-4.bundle.bad").exists())
+    assert (spool / "20260101T000000.000000Z-2.bundle.bad").exists()
     assert served(proxy, ca, leaf) is None, "nothing from the torsos"
     assert young.exists(), "young: maybe an import under way"
     assert not old.exists(), "an hour old: removed"
-    assert "spooled bundle unusable; set aside" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "spooled bundle unusable; set aside" in err and "format version 2 is newer" in err
 
 
 async def test_every_tampered_kind_is_reported_and_the_good_entries_still_arrive(

@@ -47,6 +47,7 @@ __all__ = [
     "bundle_entry",
     "cert_id_fields",
     "key_from_fields",
+    "key_of_member",
     "open_archive",
     "response_name",
     "write_archive",
@@ -189,8 +190,10 @@ class Archive:
         self.close()
 
 
-def open_archive(path: Path, kind: str) -> Archive:
-    """Open a want file or a bundle and read its manifest. Raises BundleError."""
+def open_archive(path: Path, kind: str, *, entries: bool = True) -> Archive:
+    """Open a want file or a bundle and read its manifest. Raises BundleError. With entries false
+    only the manifest's head (format, version, created) is parsed when it can be: parsing 100,000
+    entries holds the GIL for a second, which a service answering requests cannot afford."""
     try:
         file = open(path, "rb")  # noqa: SIM115 (kept open by the Archive)
     except OSError as exc:
@@ -203,7 +206,7 @@ def open_archive(path: Path, kind: str) -> Archive:
         if first.size > _MAX_MANIFEST:
             raise BundleError(f"{path}: {MANIFEST} larger than {_MAX_MANIFEST} bytes")
         handle = tar.extractfile(first)
-        manifest = json.loads(handle.read() if handle is not None else b"")
+        manifest = _parse(handle.read() if handle is not None else b"", entries=entries)
     except BundleError:
         file.close()
         raise
@@ -214,11 +217,36 @@ def open_archive(path: Path, kind: str) -> Archive:
         file.close()
         raise BundleError(f"{path}: {MANIFEST} is not JSON ({exc})") from exc
     try:
-        version, created, entries = _check_manifest(manifest, path, kind)
+        version, created, listed = _check_manifest(manifest, path, kind)
     except BundleError:
         file.close()
         raise
-    return Archive(path, kind, version, created, entries, tar, file)
+    return Archive(path, kind, version, created, listed, tar, file)
+
+
+def _parse(raw: bytes, *, entries: bool) -> Any:
+    """The manifest; without its entries when asked and it is written as ``write_archive`` does
+    (entries last), else whole. Raises ValueError."""
+    cut = -1 if entries else raw.find(b'"entries"')
+    if cut > 0:
+        try:
+            head = json.loads(raw[:cut].rstrip().rstrip(b",") + b"}")
+        except ValueError:
+            head = None
+        if isinstance(head, dict) and "entries" not in head:
+            return {**head, "entries": []}
+    return json.loads(raw)
+
+
+def key_of_member(name: str) -> CertKey | None:
+    """The CertKey a ``responses/<CertID>.der`` or ``requests/<CertID>.der`` name spells."""
+    match = _MEMBER.match(name)
+    if match is None or match.group(2) is None:
+        return None
+    alg, key_hash, serial = name.rsplit("/", 1)[1].removesuffix(".der").split("-")
+    if len(key_hash) != 2 * HASH_ALGORITHMS[alg]().digest_size:
+        return None
+    return CertKey(alg=alg, issuer_key_hash=bytes.fromhex(key_hash), serial=int(serial, 16))
 
 
 def _check_manifest(
