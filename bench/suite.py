@@ -1,6 +1,6 @@
 """The benchmark suite's driver: runs the benchmarks, prints one table, writes bench/results/latest.json.
 
-    bench/run [--quick] [--only cache-hit|handshake|scale|fleet|profile] [--profile] [--keep]
+    bench/run [--quick] [--only cache-hit|handshake|scale|bundle|fleet|profile] [--profile] [--keep]
 
 It is a report, not a test: missed targets do not change the exit status; a benchmark that cannot run
 (a peer missing, a crash) does (status 1), so CI notices when the suite itself breaks.
@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.bundle import BundleResults, BundleSettings, run_bundle
 from bench.common import BENCH_DIR
 from bench.fleet import FleetSettings, fleet_rows, run_fleet
 from bench.handshake import HandshakeResults, run_handshake
@@ -30,7 +31,7 @@ from bench.scale import ScaleResults, ScaleSettings, run_scale
 
 __all__ = ["main"]
 
-BENCHMARKS = ("cache-hit", "handshake", "scale", "fleet")
+BENCHMARKS = ("cache-hit", "handshake", "scale", "bundle", "fleet")
 RESULTS_DIR = BENCH_DIR / "results"
 
 
@@ -290,6 +291,41 @@ def scale_rows(r: ScaleResults) -> list[Row]:
     ]
 
 
+def bundle_rows(r: BundleResults) -> list[Row]:
+    sec = f"bundle, N={r.n:,}"
+    rows = []
+    for name in ("want", "fetch", "import"):
+        run = r.commands.get(name, {})
+        rows += [
+            Row(sec, f"bundle {name}: time", _f(run.get("seconds")), unit="s", digits=1),
+            Row(sec, f"bundle {name}: peak RSS", _f(run.get("peak_rss_mib")), unit="MiB", digits=0),
+        ]
+    rows.append(
+        Row(
+            sec,
+            "service takes the bundle in (door, persisted)",
+            _f(r.service.get("ingest_s")),
+            unit="s",
+            digits=1,
+        )
+    )
+    for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"), ("max", "max_ms")):
+        p99 = name == "p99"
+        value = _f(r.hits.get(key))
+        rows.append(
+            Row(
+                sec,
+                f"cache hits while importing ({r.hits.get('n')} asked), {name}",
+                value,
+                unit="ms",
+                target="≤ 50 ms" if p99 else "—",
+                met=(value is not None and value <= 50) if p99 else None,
+                digits=2,
+            )
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -360,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
                 scaled = run_scale(work / "scale", scale, progress)
                 raw[name] = asdict(scaled)
                 rows += scale_rows(scaled)
+            elif name == "bundle":
+                bundled = run_bundle(
+                    work / "bundle", BundleSettings(n=2_000 if args.quick else 100_000), progress
+                )
+                raw[name] = asdict(bundled)
+                rows += bundle_rows(bundled)
             elif name == "fleet":
                 quick = FleetSettings(certificates=5, window_s=12.0, fresh_n=2_000, sample=50)
                 fleet = run_fleet(work / "fleet", quick if args.quick else FleetSettings(), progress)

@@ -15,6 +15,7 @@ import structlog
 from ocspproxy.admin.history import History
 from ocspproxy.admin.server import AdminServer
 from ocspproxy.admin.view import ServiceView
+from ocspproxy.bundle.inbox import Inbox
 from ocspproxy.cache.door import Door
 from ocspproxy.cache.events import Events
 from ocspproxy.cache.refresher import Refresher
@@ -27,7 +28,7 @@ from ocspproxy.certs.index import CertIndex, read_index, write_index
 from ocspproxy.certs.inventory import Inventory
 from ocspproxy.certs.sources import certificate_sources, read_inventory
 from ocspproxy.certs.watcher import FileWatcher
-from ocspproxy.config import Config, ConfigError
+from ocspproxy.config import Config, ConfigError, proxy_route
 from ocspproxy.serve.edge import Edge, GuardedServer
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Limits
@@ -78,7 +79,7 @@ class App:
             memory_max=config.memory_max_entries,
         )
         self.cache = self.door.cache
-        self.fetcher = Fetcher(config.upstream)
+        self.fetcher = Fetcher(config.upstream, proxy_route(config))
         # Many instances on one Redis (shared_store); the main process alone talks to it.
         self.fleet = Fleet.of(config.shared, self.door, config.refresh, utcnow) if config.shared else None
         if self.fleet is not None:
@@ -99,6 +100,8 @@ class App:
         )
         self.events.subscribe(self.scheduler)
         self.warm = WarmStart(store=self.store, door=self.door)
+        self.inbox = Inbox(config.state_dir, self.door, self.catalog, utcnow, config.bundle_warn_margin,
+                           want_file=config.bundle_want_file)  # fmt: skip
         self.loaded = asyncio.Event()  # set once every certificate and stored staple is loaded
         self.responder = Responder(
             door=self.door,
@@ -183,6 +186,7 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+            loop.add_signal_handler(signal.SIGUSR1, lambda: self.inbox.write_want_soon("SIGUSR1"))
         load = asyncio.create_task(self.load(fresh=not stored))
         load.add_done_callback(self._load_done)
         self._tasks = [
@@ -227,6 +231,7 @@ class App:
             asyncio.create_task(self._track_soon()),
             asyncio.create_task(self._watch(self.watcher)),
             asyncio.create_task(self._check_stored()),
+            asyncio.create_task(self.inbox.run()),  # bundles imported meanwhile, then as they come
         ]
 
     async def reload(self, reason: str) -> None:
@@ -286,8 +291,11 @@ class App:
             self.watcher.close()
 
     def _replace(self, inventory: Inventory) -> None:
+        changed = set(inventory.targets) != set(self.catalog.inventory.targets)
         self.catalog.replace(inventory)
         certificate_files.report(self.sources, inventory)
+        if changed:
+            self.inbox.write_want_soon("certificates changed")
         if self.pool is not None:
             self.pool.issuers_changed()
 

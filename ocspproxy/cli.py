@@ -12,6 +12,7 @@ from ocspproxy import __version__
 from ocspproxy.admin import commands as admin_commands
 from ocspproxy.apache import commands as apache_commands
 from ocspproxy.app import App
+from ocspproxy.bundle import commands as bundle_commands
 from ocspproxy.config import Config, ConfigError, load_config
 from ocspproxy.log import configure_logging
 from ocspproxy.loop import event_loop_runner
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["auto", "json", "console"])
     _apache_parser(commands.add_parser("apache", help="set up Apache httpd to staple through ocspproxy"))
     _admin_parsers(commands)
+    bundle_commands.add_parser(commands)
     return parser
 
 
@@ -145,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             files=args.certfile,
             as_json=args.json,
         )
+    if args.command == "bundle":
+        return bundle_commands.run(args)
     return 2
 
 

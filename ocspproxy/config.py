@@ -21,8 +21,9 @@ from ocspproxy.core.validate import Rules
 from ocspproxy.schema import PATH_KEYS, SCHEMA, ConfigError, admin_address, issuer_tables, shared_store
 from ocspproxy.shared.settings import SharedSettings
 from ocspproxy.upstream.http import UpstreamSettings
+from ocspproxy.upstream.proxy import ProxyError, ProxyRoute
 
-__all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen"]
+__all__ = ["Config", "ConfigError", "default_state_dir", "load_config", "parse_listen", "proxy_route"]
 
 # What a reload (SIGHUP, a certificate file changed) applies at once; the rest waits for a restart.
 _RELOADABLE = ("certs", "issuers", "apache_config", "issuer_urls")
@@ -86,6 +87,7 @@ class Config:
     issuers: tuple[Path, ...] = ()
     apache_config: Path | None = None
     issuer_urls: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> ocsp_url override
+    issuer_proxies: tuple[tuple[Path, str], ...] = ()  # [[issuer]] certificate -> upstream_proxy ("": none)
     log_level: str = "info"
     log_format: str = "auto"
     admin_listen: AdminAddress | None = DEFAULT_ADMIN  # None: no admin listener, no metrics kept
@@ -114,6 +116,10 @@ class Config:
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     shared: SharedSettings | None = None  # shared_store: the fleet's Redis
+    # [bundle]: warn when an imported staple's nextUpdate is closer than this (seconds); where the
+    # service writes the want file (after each load and reload, and on SIGUSR1), if anywhere
+    bundle_warn_margin: float = 2 * 86400.0
+    bundle_want_file: Path | None = None
 
     def reloaded(self, new: Config) -> tuple[Config, list[str]]:
         """This configuration with what a reload applies at once taken from new (certificate
@@ -162,7 +168,7 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
     sub: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key == "issuer":
-            values["issuer_urls"] = issuer_tables(value, base, _resolve)
+            values["issuer_urls"], values["issuer_proxies"] = issuer_tables(value, base, _resolve)
         elif key == "shared_store":
             values["shared"] = shared_store(value, base)
         elif isinstance(value, dict) and key in SCHEMA and key != "":
@@ -170,7 +176,10 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
                 if name not in SCHEMA[key]:
                     raise ConfigError(f"{key}.{name}", "unknown key")
                 attr, check = SCHEMA[key][name]
-                _apply(values, sub, attr, check(f"{key}.{name}", item))
+                checked = check(f"{key}.{name}", item)
+                _apply(
+                    values, sub, attr, _resolve(base, checked) if f"{key}.{name}" in PATH_KEYS else checked
+                )
         elif key in SCHEMA[""]:
             attr, check = SCHEMA[""][key]
             checked = check(key, value)
@@ -182,6 +191,21 @@ def _from_table(data: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], di
         else:
             raise ConfigError(key, "unknown key")
     return values, sub
+
+
+def proxy_route(config: Config) -> ProxyRoute:
+    """The forward proxies of the configuration, with the credentials file read now. Raises
+    ConfigError."""
+    settings = config.upstream
+    try:
+        return ProxyRoute.from_settings(
+            default=settings.proxy,
+            issuers=dict(config.issuer_proxies),
+            use_env=settings.use_env_proxy,
+            auth_file=settings.proxy_auth_file,
+        )
+    except ProxyError as exc:
+        raise ConfigError("upstream", str(exc)) from exc
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -216,13 +240,17 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     # Computed here, not as the dataclass default alone: a missing home is a ConfigError the
     # callers report on one line.
     values["state_dir"] = Path(values["state_dir"]) if "state_dir" in values else default_state_dir()
-    if "apache_config" in values:
-        values["apache_config"] = Path(values["apache_config"])
+    for name in ("apache_config", "bundle_want_file"):
+        if name in values:
+            values[name] = Path(values[name])
     config = Config(**values)
+    upstream: dict[str, Any] = {
+        k: Path(v) if k == "proxy_auth_file" else v for k, v in sub.get("upstream", {}).items()
+    }
     config = replace(
         config,
         refresh=replace(config.refresh, **sub.get("refresh", {})),
-        upstream=replace(config.upstream, **sub.get("upstream", {})),
+        upstream=replace(config.upstream, **upstream),
     )
     _check(config)
     return config

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from ocspproxy.admin.address import AdminAddress, parse_admin
 from ocspproxy.shared.settings import SharedSettings, SharedSettingsError, parse_shared_store
+from ocspproxy.upstream.proxy import ProxyError, check_proxy_url
 
 __all__ = ["PATH_KEYS", "SCHEMA", "ConfigError", "admin_address", "issuer_tables", "shared_store"]
 
@@ -53,6 +54,19 @@ def admin_address(key: str, value: Any) -> AdminAddress | None:
     try:
         return parse_admin(value)
     except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _proxy(key: str, value: Any) -> str:
+    try:
+        return check_proxy_url(_string(key, value))
+    except ProxyError as exc:
         raise ConfigError(key, str(exc)) from None
 
 
@@ -112,29 +126,43 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "total_timeout": ("upstream.total_timeout", _number(0.1, 600)),
         "max_per_upstream": ("upstream.max_per_upstream", _number(1, 1024, integer=True)),
         "max_response_bytes": ("upstream.max_response_bytes", _number(1024, 16 << 20, integer=True)),
+        "proxy": ("upstream.proxy", _proxy),
+        "proxy_auth_file": ("upstream.proxy_auth_file", _string),
+        "use_env_proxy": ("upstream.use_env_proxy", _boolean),
+    },
+    "bundle": {
+        "warn_margin": ("bundle_warn_margin", _number(0, 365 * 86400)),
+        "want_file": ("bundle_want_file", _string),
     },
 }
-PATH_KEYS = {"state_dir", "apache_config"}
+PATH_KEYS = {"state_dir", "apache_config", "upstream.proxy_auth_file", "bundle.want_file"}
 
 
 def issuer_tables(
     value: Any, base: Path, resolve: Callable[[Path, str], Path]
-) -> tuple[tuple[Path, str], ...]:
-    """The [[issuer]] tables: (certificate path, ocsp_url)."""
+) -> tuple[tuple[tuple[Path, str], ...], tuple[tuple[Path, str], ...]]:
+    """[[issuer]] tables: (certificate, ocsp_url) overrides and (certificate, upstream_proxy) ones."""
     if not isinstance(value, list):
         raise ConfigError("issuer", "expected [[issuer]] tables")
-    out = []
+    urls, proxies = [], []
     for i, table in enumerate(value):
         where = f"issuer[{i}]"
-        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url"}:
-            raise ConfigError(where, "expected keys certificate and ocsp_url only")
-        cert = _string(f"{where}.certificate", table.get("certificate"))
-        url = _string(f"{where}.ocsp_url", table.get("ocsp_url"))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
-        out.append((resolve(base, cert), url))
-    return tuple(out)
+        if not isinstance(table, dict) or set(table) - {"certificate", "ocsp_url", "upstream_proxy"}:
+            raise ConfigError(where, "expected keys certificate, ocsp_url and upstream_proxy only")
+        if not {"ocsp_url", "upstream_proxy"} & set(table):
+            raise ConfigError(where, "expected ocsp_url or upstream_proxy (or both)")
+        cert = resolve(base, _string(f"{where}.certificate", table.get("certificate")))
+        if "ocsp_url" in table:
+            url = _string(f"{where}.ocsp_url", table["ocsp_url"])
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{where}.ocsp_url", f"expected an http:// or https:// URL, got {url!r}")
+            urls.append((cert, url))
+        if "upstream_proxy" in table:
+            proxy = table["upstream_proxy"]
+            # "": this issuer's CAs are asked directly, whatever [upstream] proxy says
+            proxies.append((cert, "" if proxy == "" else _proxy(f"{where}.upstream_proxy", proxy)))
+    return tuple(urls), tuple(proxies)
 
 
 def shared_store(value: Any, base: Path, *, from_command_line: bool = False) -> SharedSettings | None:

@@ -30,5 +30,5 @@ def test_bench_quick_runs_and_reports_every_benchmark() -> None:
     assert "| measure" in result.stdout
     report = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
     sections = {row["section"].split(",")[0] for row in report["rows"]}
-    assert {"cache hit", "handshake", "scale"} <= sections
+    assert {"cache hit", "handshake", "scale", "bundle"} <= sections
     assert all(row["ocspproxy"] is not None for row in report["rows"] if "errors" not in row["measure"])

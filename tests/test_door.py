@@ -92,6 +92,11 @@ async def through_ca(door: Door, der: bytes) -> None:
     await door.ingest(KEY, der, Origin.CA)
 
 
+async def through_a_bundle(door: Door, der: bytes) -> None:
+    """``bundle import`` hands its entries to the service, which takes them through the door."""
+    await door.ingest(KEY, der, Origin.BUNDLE)
+
+
 async def through_store(door: Door, der: bytes) -> None:
     door.admit(Stored(KEY, der))
 
@@ -122,12 +127,15 @@ async def through_the_fleet_in_bulk(door: Door, der: bytes) -> None:
 
 ORIGINS: dict[str, Callable[[Door, bytes], Awaitable[None]]] = {
     "a CA's answer": through_ca,
+    "an imported bundle": through_a_bundle,
     "the store": through_store,
     "the store, with its own copy of the fields": through_store_with_a_forged_hint,
     "the shared store": through_the_fleet,
     "the shared store, read in bulk": through_the_fleet_in_bulk,
 }
-WRITTEN_WHEN_ACCEPTED = {"a CA's answer", "the shared store", "the shared store, read in bulk"}
+WRITTEN_WHEN_ACCEPTED = {
+    "a CA's answer", "an imported bundle", "the shared store", "the shared store, read in bulk",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("origin", ORIGINS)

@@ -50,6 +50,7 @@ class Origin(StrEnum):
     CA = "ca"  # an answer from a Source: the certificate's CA responder
     STORE = "store"  # our own store (it is there already: not written again)
     SHARED = "shared"  # the fleet's shared store (another instance's answer; not trusted either)
+    BUNDLE = "bundle"  # carried in by `ocspproxy bundle import` (ocspproxy/bundle/inbox.py)
 
     @property
     def persists(self) -> bool:

@@ -14,7 +14,7 @@ import structlog
 
 from ocspproxy.store.atomic import TMP_PREFIX
 
-__all__ = ["INDEX_NAME", "SNAPSHOT_NAME", "STAPLE_NAME", "StateDirectory"]
+__all__ = ["INDEX_NAME", "SNAPSHOT_NAME", "SPOOL_NAME", "STAPLE_NAME", "WANT_NAME", "StateDirectory"]
 
 log = structlog.get_logger("ocspproxy")
 
@@ -24,7 +24,11 @@ STAPLE_NAME = re.compile(r"^(sha1|sha256|sha384|sha512)-([0-9a-f]{40,128})-([0-9
 # snapshot (ocspproxy/store/snapshot.py). Named here so the checks below know them as ours.
 INDEX_NAME = "inventory.index"
 SNAPSHOT_NAME = "staples.snapshot"
-_STATE_FILES = frozenset({INDEX_NAME, SNAPSHOT_NAME})
+# Imported bundles waiting for the service (ocspproxy/bundle/inbox.py): a directory, 0700; and the
+# want file where the README suggests [bundle] want_file keeps it.
+SPOOL_NAME = "incoming"
+WANT_NAME = "want.tar"
+_STATE_FILES = frozenset({INDEX_NAME, SNAPSHOT_NAME, SPOOL_NAME, WANT_NAME})
 
 
 class StateDirectory:

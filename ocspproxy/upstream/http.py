@@ -1,16 +1,20 @@
-"""HTTP client for the CAs' OCSP responders: timeouts, a size cap and a per-upstream concurrency cap;
-``HttpSource``, the Source that asks the CA named in the Job."""
+"""HTTP client for the CAs' OCSP responders: timeouts, a size cap and a per-upstream concurrency cap,
+through a forward proxy when configured (``upstream/proxy.py``); ``HttpSource``, the Source that asks
+the CA named in the Job."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from ocspproxy.core.ocsp import CertKey, build_request
 from ocspproxy.upstream.base import Job, SourceError
+from ocspproxy.upstream.proxy import ProxyRoute
 
 __all__ = ["Fetcher", "HttpSource", "UpstreamError", "UpstreamSettings"]
 
@@ -26,14 +30,19 @@ class UpstreamSettings:
     max_per_upstream: int = 4
     max_response_bytes: int = 64 * 1024
     user_agent: str = "ocspproxy"
+    # [upstream] proxy, proxy_auth_file, use_env_proxy: read into a ProxyRoute at start-up
+    proxy: str | None = None
+    proxy_auth_file: Path | None = None
+    use_env_proxy: bool = False
 
 
 class Fetcher:
     """POSTs DER OCSP requests. Redirects are not followed: the URL we were configured with is the one
     we talk to."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, route: ProxyRoute | None = None) -> None:
         self.settings = settings
+        self.route = route or ProxyRoute()
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, asyncio.Semaphore] = {}
 
@@ -63,9 +72,21 @@ class Fetcher:
             sem = self._limits[origin] = asyncio.Semaphore(self.settings.max_per_upstream)
         return sem
 
-    async def fetch(self, url: str, request_der: bytes) -> bytes:
+    async def fetch(self, url: str, request_der: bytes, *, proxy: str | None = None) -> bytes:
+        """POST request_der to url (through proxy, an absolute-URI request, when given). Raises
+        UpstreamError; when the proxy failed, its reason names the proxy, not the CA."""
         if self._session is None:
             raise RuntimeError("Fetcher.start() was not awaited")
+        via = f" via proxy {proxy}" if proxy else ""
+        headers = {"Content-Type": "application/ocsp-request"}
+        proxy_headers = None
+        if proxy and self.route.authorization:
+            # A plain http:// CA is asked with an absolute-URI request: the proxy reads this header
+            # from the request itself; an https:// one through CONNECT, where it goes.
+            if url.startswith("https:"):
+                proxy_headers = {"Proxy-Authorization": self.route.authorization}
+            else:
+                headers["Proxy-Authorization"] = self.route.authorization
         try:
             # The wait for a slot counts against the total timeout: a CA that hangs must not
             # queue fetches for longer than total_timeout.
@@ -75,17 +96,25 @@ class Fetcher:
                 self._session.post(
                     url,
                     data=request_der,
-                    headers={"Content-Type": "application/ocsp-request"},
+                    headers=headers,
                     allow_redirects=False,
+                    proxy=proxy,
+                    proxy_headers=proxy_headers,
                 ) as resp,
             ):
+                if proxy and resp.status == 407:
+                    raise UpstreamError(f"proxy {proxy}: authentication required (HTTP 407)")
                 if resp.status != 200:
-                    raise UpstreamError(f"HTTP {resp.status}")
+                    raise UpstreamError(f"HTTP {resp.status}{via}")
                 return await self._read(resp)
         except TimeoutError as exc:
-            raise UpstreamError("timed out") from exc
+            raise UpstreamError(f"timed out{via}") from exc
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise UpstreamError(f"proxy {proxy}: {_why(exc)}") from exc
+        except aiohttp.ClientHttpProxyError as exc:
+            raise UpstreamError(f"proxy {proxy}: HTTP {exc.status} {exc.message}".rstrip()) from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+            raise UpstreamError(f"{type(exc).__name__}: {exc}{via}") from exc
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.settings.max_response_bytes
@@ -106,4 +135,13 @@ class HttpSource:
         self.fetcher = fetcher
 
     async def fetch(self, key: CertKey, job: Job) -> bytes:
-        return await self.fetcher.fetch(job.url, build_request(key, job.name_hash))
+        proxy = self.fetcher.route.proxy_for(job.url, job.issuer_cert)
+        return await self.fetcher.fetch(job.url, build_request(key, job.name_hash), proxy=proxy)
+
+
+def _why(exc: aiohttp.ClientProxyConnectionError) -> str:
+    """A connection error in a few words: "connection refused", "Name or service not known"."""
+    cause = exc.os_error
+    if cause.errno:
+        return os.strerror(cause.errno).lower()
+    return cause.strerror or str(cause) or type(cause).__name__

@@ -51,10 +51,11 @@ class Pki:
     good: Leaf
     revoked: Leaf
     revoked_at: dt.datetime
+    ocsp_host: str = "127.0.0.1"  # the host of the leaves' AIA URL (a made-up name: only a proxy knows it)
 
     @property
     def ocsp_url(self) -> str:
-        return f"http://127.0.0.1:{self.ca_port}/"
+        return f"http://{self.ocsp_host}:{self.ca_port}/"
 
 
 def openssl_serial_hex(serial: int) -> str:
@@ -109,7 +110,7 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
-def build_pki(directory: Path, ca_port: int) -> Pki:
+def build_pki(directory: Path, ca_port: int, *, ocsp_host: str = "127.0.0.1") -> Pki:
     """Create CA, a good leaf and a revoked leaf (both for localhost/127.0.0.1) and the index.txt."""
     import ipaddress
 
@@ -141,7 +142,7 @@ def build_pki(directory: Path, ca_port: int) -> Pki:
     )
     ca_pem = _write_pem(directory / "ca.pem", _cert_pem(ca_cert))
     ca_key_pem = _write_pem(directory / "ca.key", _key_pem(ca_key), private=True)
-    ocsp_url = f"http://127.0.0.1:{ca_port}/"
+    ocsp_url = f"http://{ocsp_host}:{ca_port}/"
 
     def make_leaf(name: str, common_name: str) -> Leaf:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -212,4 +213,5 @@ def build_pki(directory: Path, ca_port: int) -> Pki:
         good=good,
         revoked=revoked,
         revoked_at=revoked_at,
+        ocsp_host=ocsp_host,
     )

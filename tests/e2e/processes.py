@@ -204,7 +204,8 @@ class OcspResponder(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return self.pki.ocsp_url
+        """Where it listens (the leaves' AIA URL may name it by a name only a proxy resolves)."""
+        return f"http://127.0.0.1:{self.port}/"
 
     def ready(self) -> bool:
         # Never probe with a bare TCP connect: openssl ocsp 3.0 spins at 100% CPU forever (and answers
