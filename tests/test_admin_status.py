@@ -148,8 +148,9 @@ def test_fetch_results_fold_into_few_classes(result: str, reason: str, labels: t
     assert fetch_class(result, reason) == labels
 
 
-def test_an_answer_taken_from_the_fleet_is_counted_apart_from_the_cas() -> None:
+def test_an_answer_taken_from_the_fleet_and_a_fetch_held_are_counted_apart_from_the_cas() -> None:
     assert fetch_class("stored", "nothing servable stored", shared=True) == ("shared", "stored")
+    assert fetch_class("held", "not asked: http://ca:80 failed 5 times in a row") == ("held", "held")
 
 
 def test_admin_address_forms() -> None:

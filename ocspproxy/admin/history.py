@@ -48,12 +48,15 @@ _INVALID: tuple[tuple[str, str], ...] = (
 
 def fetch_class(result: str, reason: str, *, shared: bool = False) -> tuple[str, str]:
     """(result, reason) labels of a fetch: result ``ok``, ``timeout``, ``http_error``,
-    ``too_large``, ``connection_error``, ``invalid``, or ``shared`` (a fleet member's answer,
-    taken from the shared store instead of asking the CA); reason the door's result for ok and
+    ``too_large``, ``connection_error``, ``invalid``, ``held`` (not asked: the upstream keeps
+    failing and is given a pause), or ``shared`` (a fleet member's answer, taken from the shared
+    store instead of asking the CA); reason the door's result for ok and
     shared (stored, same, ...), the status code for an HTTP error, the validation class for
     invalid, else the result again."""
     if shared:
         return "shared", result
+    if result == "held":
+        return "held", "held"
     if result in _OK:
         return "ok", result
     if result == "rejected":

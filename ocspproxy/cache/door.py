@@ -65,6 +65,7 @@ class Result(StrEnum):
     REJECTED = "rejected"  # invalid
     PASSED = "passed"  # valid, handed to the waiting client, not kept
     FAILED = "failed"  # no answer at all (the Source failed; set by the refresher)
+    HELD = "held"  # no answer: the Source was not asked, its upstream keeps failing (refresher)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class Ingested:
 
     @property
     def failed(self) -> bool:
-        return self.result in (Result.FAILED, Result.REJECTED)
+        return self.result in (Result.FAILED, Result.REJECTED, Result.HELD)
 
 
 class Door:

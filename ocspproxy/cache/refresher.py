@@ -14,7 +14,7 @@ from cachetools import TTLCache
 from ocspproxy.cache.door import Door, Ingested, Origin, Result
 from ocspproxy.cache.events import Fetched
 from ocspproxy.core.ocsp import CertKey
-from ocspproxy.upstream.base import Job, Lease, Source, SourceError, Turn
+from ocspproxy.upstream.base import Job, Lease, Source, SourceError, SourceHeld, Turn
 
 __all__ = ["Refresher"]
 
@@ -90,7 +90,9 @@ class Refresher:
         if outcome.failed:
             self._failing[key] = outcome.reason
             self.door.events.failed(key, outcome.reason)
-            log.warning("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
+            # A held fetch asked nobody; the pause was logged once, when it began (Breaker).
+            level = log.debug if outcome.result is Result.HELD else log.warning
+            level("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
         else:
             self._failing.pop(key, None)
             log.info("upstream", result=str(outcome.result), reason=outcome.reason, **fields)
@@ -113,6 +115,8 @@ class Refresher:
     async def _fetch(self, key: CertKey, job: Job, keep_unknown: bool) -> Ingested:
         try:
             der = await self.source.fetch(key, job)
+        except SourceHeld as exc:
+            return Ingested(Result.HELD, str(exc), self.door.cache.servable(key))
         except SourceError as exc:
             return Ingested(Result.FAILED, str(exc), self.door.cache.servable(key))
         return await self.door.ingest(

@@ -15,7 +15,7 @@ from cryptography import x509
 from ocspproxy.core.ocsp import CertKey
 from ocspproxy.core.staple import Staple
 
-__all__ = ["FETCH", "Job", "Lease", "LocalLease", "Source", "SourceError", "Turn"]
+__all__ = ["FETCH", "Job", "Lease", "LocalLease", "Source", "SourceError", "SourceHeld", "Turn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,11 @@ class Job:
 
 class SourceError(Exception):
     """No usable answer from the source; str() says why in a few words (the CA, or the way to it)."""
+
+
+class SourceHeld(SourceError):
+    """The source was not asked: its upstream keeps failing, and is given a pause
+    (``upstream/breaker.py``). Logged once when the pause begins, not per fetch."""
 
 
 class Source(Protocol):

@@ -14,6 +14,7 @@ import aiohttp
 
 from ocspproxy.core.ocsp import CertKey, build_request
 from ocspproxy.upstream.base import Job, SourceError
+from ocspproxy.upstream.breaker import Breaker
 from ocspproxy.upstream.proxy import ProxyRoute
 
 __all__ = ["Fetcher", "HttpSource", "UpstreamError", "UpstreamSettings"]
@@ -34,15 +35,26 @@ class UpstreamSettings:
     proxy: str | None = None
     proxy_auth_file: Path | None = None
     use_env_proxy: bool = False
+    # An upstream failing hold_after times in a row is given a pause: hold_first seconds, doubling
+    # up to hold_max (``upstream/breaker.py``): a CA that comes back is noticed within about a
+    # minute, as with refresh.retry_unservable. Not configuration keys: tests shorten them.
+    hold_after: int = 5
+    hold_first: float = 10.0
+    hold_max: float = 60.0
 
 
 class Fetcher:
     """POSTs DER OCSP requests. Redirects are not followed: the URL we were configured with is the one
     we talk to."""
 
-    def __init__(self, settings: UpstreamSettings, route: ProxyRoute | None = None) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, route: ProxyRoute | None = None, breaker: Breaker | None = None
+    ) -> None:
         self.settings = settings
         self.route = route or ProxyRoute()
+        self.breaker = breaker or Breaker(
+            threshold=settings.hold_after, first=settings.hold_first, cap=settings.hold_max
+        )
         self._session: aiohttp.ClientSession | None = None
         self._limits: dict[str, asyncio.Semaphore] = {}
 
@@ -74,10 +86,28 @@ class Fetcher:
 
     async def fetch(self, url: str, request_der: bytes, *, proxy: str | None = None) -> bytes:
         """POST request_der to url (through proxy, an absolute-URI request, when given). Raises
-        UpstreamError; when the proxy failed, its reason names the proxy, not the CA."""
+        UpstreamError; when the proxy failed, its reason names the proxy, not the CA; SourceHeld,
+        without a connection, while this upstream is given a pause (``Breaker``)."""
         if self._session is None:
             raise RuntimeError("Fetcher.start() was not awaited")
         via = f" via proxy {proxy}" if proxy else ""
+        parts = urlsplit(url)
+        where = f"{parts.scheme}://{parts.netloc}{via}"
+        probe = self.breaker.check(where)
+        try:
+            der = await self._post(url, request_der, proxy, via)
+        except UpstreamError as exc:
+            self.breaker.failed(where, str(exc), probe=probe)
+            raise
+        except BaseException:
+            if probe:
+                self.breaker.abandoned(where)
+            raise
+        self.breaker.succeeded(where)
+        return der
+
+    async def _post(self, url: str, request_der: bytes, proxy: str | None, via: str) -> bytes:
+        assert self._session is not None
         headers = {"Content-Type": "application/ocsp-request"}
         proxy_headers = None
         if proxy and self.route.authorization:
