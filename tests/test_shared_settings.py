@@ -43,10 +43,11 @@ def test_the_table_form_with_sentinels_a_prefix_and_a_password_file(tmp_path: Pa
         "[shared_store]\n"
         'sentinels = ["10.0.0.1:26379", "[fd00::2]:26379"]\n'
         'service = "ocsp"\nprefix = "fleet-a"\npassword_file = "redis.pass"\n'
-        "lease_ttl = 20\ntimeout = 0.5\n",
+        "lease_ttl = 20\ntimeout = 0.5\nload_timeout = 60\nprobe_interval = 2\n",
     ).shared
     assert shared.sentinels == (("10.0.0.1", 26379), ("fd00::2", 26379))
     assert shared.prefix == "fleet-a" and shared.lease_ttl == 20 and shared.timeout == 0.5
+    assert shared.load_timeout == 60 and shared.probe_interval == 2
     assert shared.password_file == tmp_path / "redis.pass" and shared.password(env={}) == "s3cret"
     assert "s3cret" not in repr(shared) and "s3cret" not in shared.describe()
 
@@ -80,6 +81,7 @@ def test_a_password_on_the_command_line_is_refused(tmp_path: Path) -> None:
         ('[shared_store]\nurl = "redis://h:1/0"\nprefix = "a b"\n', "shared_store.prefix"),
         ('[shared_store]\nurl = "redis://h:1/0"\npasword = "x"\n', "shared_store.pasword"),
         ('[shared_store]\nurl = "redis://h:1/0"\ntimeout = 0\n', "shared_store.timeout"),
+        ('[shared_store]\nurl = "redis://h:1/0"\nprobe_interval = 0\n', "shared_store.probe_interval"),
         ('[shared_store]\nurl = "redis://h:1/0"\npassword_file = "missing"\n', "shared_store.password_file"),
         ('[shared_store]\nurl = "redis://h:1/0"\nlease_ttl = 5\n', "shared_store.lease_ttl"),
     ],

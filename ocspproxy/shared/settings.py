@@ -105,6 +105,7 @@ def parse_shared_store(
         ("timeout", 0.05, 60.0),
         ("lease_ttl", 1.0, 3600.0),
         ("load_timeout", 1.0, 3600.0),
+        ("probe_interval", 0.1, 600.0),
     ):
         if name in value:
             changes[name] = _float(f"{key}.{name}", value[name], low, high)
