@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import itertools
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from ocspproxy.shared.channel import Announcements
 from ocspproxy.shared.client import connect
 from ocspproxy.shared.keys import Names, entry_fields, millis
 from ocspproxy.shared.lease import SharedLease
-from ocspproxy.shared.link import Backoff, Link
+from ocspproxy.shared.link import Backoff, Link, keep_running
 from ocspproxy.shared.scripts import DROP, PUT
 from ocspproxy.shared.settings import SharedSettings
 from ocspproxy.shared.sync import Sync
@@ -72,35 +72,17 @@ class Fleet(Listener):
         self.instance = secrets.token_hex(6)  # tells our own announcements from the others'
         self.client = client if client is not None else connect(settings, password)
         self.link = Link(where=settings.describe(), timeout=settings.timeout, on_usable=self._want_sync)
-        self.lease = SharedLease(
-            client=self.client,
-            link=self.link,
-            names=self.names,
-            instance=self.instance,
-            cache=door.cache,
-            policy=policy,
-            clock=clock,
-            seen=self._seen,
-            judge=self._judge,
-        )
+        client, link, names, me = self.client, self.link, self.names, self.instance
+        self.lease = SharedLease(client=client, link=link, names=names, instance=me, cache=door.cache,
+                                 policy=policy, clock=clock, seen=self._seen, judge=self._judge)  # fmt: skip
+        every = settings.probe_interval  # (reconnects back off from a tenth of it to six times it)
+        backoff = lambda: Backoff(first=every / 10, cap=every * 6)  # noqa: E731
         self.announcements = Announcements(
-            client=self.client,
-            link=self.link,
-            channel=self.names.channel,
-            backoff=lambda: Backoff(first=settings.probe_interval / 10, cap=settings.probe_interval * 6),
-            instance=self.instance,
-            heard=self._heard,
-            lost=self._want_sync,
-        )
-        self.sync = Sync(
-            client=self.client,
-            link=self.link,
-            names=self.names,
-            door=door,
-            seen=self._seen,
-            pull=self._pull_keys,
-            push=self._push,
-        )
+            client=client, link=link, channel=names.channel, instance=me,
+            backoff=backoff, heard=self._heard, lost=self._want_sync,
+        )  # fmt: skip
+        self.sync = Sync(client=client, link=link, names=names, door=door, seen=self._seen,
+                         pull=self._pull_keys, push=self._push)  # fmt: skip
         self._put = self.client.register_script(PUT)
         self._drop = self.client.register_script(DROP)
         self._known: dict[CertKey, int] = {}  # hash of the bytes last read from or written to Redis
@@ -114,6 +96,7 @@ class Fleet(Listener):
         self._rejections = Repeats()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     @classmethod
     def of(
@@ -156,7 +139,7 @@ class Fleet(Listener):
         in the background. Returns how many staples were taken from Redis. Never raises."""
         await self._mark()
         # Subscribed before the load: nothing announced meanwhile is missed.
-        self._tasks.append(asyncio.create_task(self.announcements.follow()))
+        self._tasks.append(self._keep("channel", self.announcements.follow))
         loaded = 0
         if self.link.readable:
             try:
@@ -169,8 +152,13 @@ class Fleet(Listener):
         self._to_sync.clear()  # that was the sync
         if self._pulls:
             self._to_pull.set()  # entries the bulk read could not take: the door says why
-        for run in (self._probe, self._write, self._pull, self._syncs):
-            self._tasks.append(asyncio.create_task(run()))
+        for name, run in (
+            ("probe", self._probe),
+            ("write", self._write),
+            ("read", self._pull),
+            ("sync", self._syncs),
+        ):
+            self._tasks.append(self._keep(name, run))
         log.info(
             "fleet", store=self.link.where, state=str(self.link.state), loaded=loaded, instance=self.instance
         )
@@ -186,7 +174,11 @@ class Fleet(Listener):
             log.info("fleet", loaded=taken, after="certificates loaded")
         return taken
 
+    def _keep(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(keep_running(name, run, lambda: self._closing))
+
     async def close(self) -> None:
+        self._closing = True
         tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
@@ -209,7 +201,7 @@ class Fleet(Listener):
             self._want_sync()
 
     async def _probe(self) -> None:
-        backoff = Backoff(first=self.settings.probe_interval / 10, cap=self.settings.probe_interval * 6)
+        backoff = self.announcements.backoff()
         while True:
             for reason, count in self._rejections.summaries():
                 log.warning("shared staples rejected", reason=reason, count=count)

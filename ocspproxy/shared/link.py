@@ -23,7 +23,7 @@ from redis.exceptions import (
     TimeoutError as RedisTimeout,
 )
 
-__all__ = ["Backoff", "Link", "State", "cancelled", "classify"]
+__all__ = ["Backoff", "Link", "State", "cancelled", "classify", "keep_running"]
 
 log = structlog.get_logger("ocspproxy")
 T = TypeVar("T")
@@ -63,6 +63,24 @@ def cancelled(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+
+
+async def keep_running(name: str, run: Callable[[], Awaitable[None]], closing: Callable[[], bool]) -> None:
+    """Run a fleet loop for good: one that ends (an error, a cancellation that is not a shutdown's)
+    is logged and started again a second later, so that an instance never silently stops
+    following or probing its Redis."""
+    while True:
+        try:
+            await run()
+            raise RuntimeError("returned")
+        except BaseException as exc:
+            if closing() or isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            log.error("fleet task stopped; started again", task=name, error=f"{type(exc).__name__}: {exc}")
+            task = asyncio.current_task()
+            while task is not None and task.cancelling():
+                task.uncancel()
+        await asyncio.sleep(1.0)
 
 
 class Link:
