@@ -13,6 +13,7 @@ import pytest
 
 from ocspproxy.config import load_config
 from ocspproxy.core.policy import RefreshPolicy
+from ocspproxy.upstream.http import UpstreamSettings
 from tests.conftest import eventually
 from tests.pki import TestCA, pem
 from tests.upstream import FakeUpstream, Reply
@@ -45,7 +46,9 @@ async def test_failing_ca_is_retried_with_backoff(ca: TestCA, upstream: FakeUpst
     upstream.behaviour = lambda serial: Reply(status=500)
     leaf = ca.leaf()
     policy = RefreshPolicy(retry_initial=0.2, retry_max=1.0, retry_min=0.05)
-    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
+    # The per-key back-off alone: the pause a failing upstream gets is tests/test_breaker.py's.
+    alone = UpstreamSettings(connect_timeout=1.0, total_timeout=2.0, hold_after=1000)
+    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy, upstream=alone).start()
     await asyncio.sleep(3)
     # 0.1-0.2, 0.2-0.4, 0.4-0.8, then at most one per 0.5-1.0 s: never a storm.
     assert 3 <= len(upstream.requests) <= 8
@@ -247,7 +250,9 @@ async def test_returning_ca_is_noticed_soon_after_a_long_outage(
     leaf = ca.leaf()
     key = ca.cert_id(leaf.serial).key
     policy = RefreshPolicy(retry_initial=0.1, retry_max=30.0, retry_unservable=0.5, retry_min=0.05)
-    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy).start()
+    # The upstream's pauses are bounded the same way (60 s and retry_unservable's 60 s, scaled).
+    paused = UpstreamSettings(connect_timeout=1.0, total_timeout=2.0, hold_first=0.2, hold_max=0.5)
+    proxy = await make_proxy(ca=ca, leaves=[leaf], refresh=policy, upstream=paused).start()
     await eventually(lambda: proxy.app.cache.servable(key) is not None)
     upstream.behaviour = lambda serial: Reply(status=500)
     await eventually(lambda: proxy.app.cache.servable(key) is None, timeout=3)
