@@ -28,22 +28,26 @@ async def test_each_change_is_logged_once_and_only_the_probe_says_usable(
     usable = []
     link = Link(where="redis://r:6379", timeout=0.1, on_usable=lambda: usable.append(1))
 
-    async def fail() -> None:
+    async def fail() -> int:
         raise OutOfMemoryError("OOM")
 
     async def ok() -> int:
         return 1
 
+    def state() -> State:  # (read afresh each time)
+        return link.state
+
     for _ in range(5):
         assert await link.call(fail) is None
-    assert link.state is State.FULL
-    assert await link.call(ok) == 1 and link.state is State.FULL, "a read says nothing about writes"
-    assert await link.call(ok, probe=True) == 1 and link.state is State.OK and usable == [1]
+    assert state() is State.FULL
+    assert await link.call(ok) == 1 and state() is State.FULL, "a read says nothing about writes"
+    assert await link.call(ok, probe=True) == 1 and state() is State.OK and usable == [1]
 
-    async def hang() -> None:
+    async def hang() -> int:
         await asyncio.sleep(10)
+        return 1
 
-    assert await link.call(hang) is None and link.state is State.UNREACHABLE, "bounded in time"
+    assert await link.call(hang) is None and state() is State.UNREACHABLE, "bounded in time"
     events = [json.loads(x)["event"] for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
     assert events.count("shared store full (maxmemory); going on alone") == 1
     assert events.count("shared store unreachable; going on alone") == 1
