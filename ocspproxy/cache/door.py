@@ -74,6 +74,8 @@ class Ingested:
     reason: str
     staple: Staple | None  # the servable staple for the key after this, if any
     candidate: Staple | None = None  # the validated answer, kept or not
+    held_by: str | None = None  # HELD: the upstream given a pause; its next fetch after held_for s
+    held_for: float = 0.0
 
     @property
     def failed(self) -> bool:

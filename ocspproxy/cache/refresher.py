@@ -116,7 +116,8 @@ class Refresher:
         try:
             der = await self.source.fetch(key, job)
         except SourceHeld as exc:
-            return Ingested(Result.HELD, str(exc), self.door.cache.servable(key))
+            servable = self.door.cache.servable(key)
+            return Ingested(Result.HELD, str(exc), servable, held_by=exc.where, held_for=exc.wait)
         except SourceError as exc:
             return Ingested(Result.FAILED, str(exc), self.door.cache.servable(key))
         return await self.door.ingest(

@@ -24,9 +24,10 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from ocspproxy.cache.door import Ingested
+from ocspproxy.cache.door import Ingested, Result
 from ocspproxy.cache.events import Listener
 from ocspproxy.cache.memory import Cache, Clock
+from ocspproxy.cache.parking import Parking
 from ocspproxy.cache.refresher import Refresher
 from ocspproxy.certs.catalog import Catalog
 from ocspproxy.core.ocsp import CertKey
@@ -83,6 +84,7 @@ class Scheduler(Listener):
         self.max_sleep = max_sleep
         self.jump_spread = jump_spread  # keys made due by a jump are spread over this many seconds
         self._offset: float | None = None
+        self.parking = Parking()
 
     def __contains__(self, key: CertKey) -> bool:
         return key in self._entries
@@ -118,6 +120,7 @@ class Scheduler(Listener):
 
     def untrack(self, key: CertKey) -> None:
         self._entries.pop(key, None)  # its heap item goes stale and is dropped when it surfaces
+        self._unpark(self.parking.untracked(key))
 
     def tracked(self) -> list[CertKey]:
         return list(self._entries)
@@ -167,6 +170,11 @@ class Scheduler(Listener):
             by_validity = min(by_validity, entry.latest - mono)
         return max(0.0, by_validity)
 
+    def _unpark(self, keys: list[CertKey]) -> None:
+        """Keys parked behind a scout whose upstream answers again: spread over jump_spread."""
+        for key in keys:
+            self._schedule(key, self.rng.uniform(0, self.jump_spread))
+
     def dropped(self, key: CertKey) -> None:
         """Fetch key soon: the staple it was scheduled by turned out unusable."""
         if key in self._entries:
@@ -191,6 +199,8 @@ class Scheduler(Listener):
         log.warning("wall clock jumped; rescheduling refreshes", seconds=round(offset - previous, 1))
         self._heap = []
         for key, entry in self._entries.items():
+            if key in self.parking:
+                continue  # waits for its scout, not for a time
             if entry.retries:
                 delay = max(0.0, entry.due - now_mono)
             else:
@@ -247,7 +257,8 @@ class Scheduler(Listener):
         if entry is None:
             return
         delay = self._delay_from_staple(key)
-        if delay is not None and delay > 0:  # refreshed meanwhile by a request
+        if delay is not None and delay > 0:  # refreshed meanwhile: a request, the fleet, a bundle
+            self._unpark(self.parking.answered(key))
             self._schedule(key, delay)
             return
         job = self.catalog.job_for(key)
@@ -262,12 +273,20 @@ class Scheduler(Listener):
         """Schedule key's next fetch from the outcome of the one just made."""
         entry.failures = entry.failures + 1 if outcome.failed else 0
         entry.latest = asyncio.get_running_loop().time() + self.policy.interval(self.rng)
+        if outcome.result not in (Result.FAILED, Result.HELD):
+            self._unpark(self.parking.answered(key))  # its upstream answered (scouts: again)
         delay = self._delay_from_staple(key)
         if delay is not None and delay > 0:
             # The staple is not due yet (a max_interval check, or a newer staple stored): next
             # time as usual, whether or not the CA answered this once.
             entry.retries = 0
             self._schedule(key, delay)
+            return
+        if outcome.held_by is not None:
+            # Its upstream is paused: one scout per upstream waits for the pause's end, the rest
+            # wait for the scout (cache/parking.py), instead of failing over and over.
+            if not self.parking.held(key, outcome.held_by):
+                self._schedule(key, outcome.held_for * (1 + 0.1 * self.rng.random()))
             return
         # Due, or nothing servable: the CA failed, or still hands out the response we hold.
         entry.retries += 1

@@ -34,7 +34,13 @@ class SourceError(Exception):
 
 class SourceHeld(SourceError):
     """The source was not asked: its upstream keeps failing, and is given a pause
-    (``upstream/breaker.py``). Logged once when the pause begins, not per fetch."""
+    (``upstream/breaker.py``). Logged once when the pause begins, not per fetch. ``where`` names
+    the upstream; ``wait``: seconds until the pause ends (when its next fetch may be tried)."""
+
+    def __init__(self, message: str, *, where: str, wait: float) -> None:
+        super().__init__(message)
+        self.where = where
+        self.wait = wait
 
 
 class Source(Protocol):

@@ -65,7 +65,9 @@ class Breaker:
         if left > 0 or state.probing:
             wait = f"tried again in {max(left, 0):.0f} s" if not state.probing else "being tried again"
             raise SourceHeld(
-                f"not asked: {where} failed {state.failures} times in a row ({state.reason}); {wait}"
+                f"not asked: {where} failed {state.failures} times in a row ({state.reason}); {wait}",
+                where=where,
+                wait=max(left, 1.0),
             )
         state.probing = True
         return True

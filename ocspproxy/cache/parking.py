@@ -1,0 +1,66 @@
+"""Keys whose upstream is given a pause (``upstream/breaker.py``) wait without fetching.
+
+While a CA responder is paused every fetch for its certificates fails at once, without a
+connection. With their staples due, 100,000 certificates retrying on their own back-off would keep
+the event loop busy failing (measured: a whole core). So the scheduler parks them: for each paused
+upstream one key, the scout, is tried again when the pause ends; the others wait, with no timer,
+until the scout gets an answer or is found refreshed by other means (then they are spread over a
+short while), or is no longer tracked. Stored staples stay served meanwhile, as for any failed
+fetch.
+"""
+
+from __future__ import annotations
+
+from ocspproxy.core.ocsp import CertKey
+
+__all__ = ["Parking"]
+
+
+class Parking:
+    def __init__(self) -> None:
+        self._scouts: dict[str, CertKey] = {}  # upstream -> the key tried when its pause ends
+        self._scouting: dict[CertKey, str] = {}
+        self._parked: dict[str, dict[CertKey, None]] = {}  # upstream -> keys waiting (ordered set)
+        self._parked_at: dict[CertKey, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._parked_at)
+
+    def __contains__(self, key: CertKey) -> bool:
+        """key is parked: it has no timer of its own."""
+        return key in self._parked_at
+
+    def held(self, key: CertKey, where: str) -> bool:
+        """key's fetch was held by where's pause. True: key is parked (no timer); False: it is the
+        scout, to be tried again when the pause ends."""
+        scout = self._scouts.get(where)
+        if scout is None or scout == key:
+            self._scouts[where] = key
+            self._scouting[key] = where
+            return False
+        self._parked.setdefault(where, {})[key] = None
+        self._parked_at[key] = where
+        return True
+
+    def answered(self, key: CertKey) -> list[CertKey]:
+        """key's upstream answered it (or key was refreshed by other means): if key was a scout,
+        the keys parked behind it, to be scheduled again. A failed fetch keeps them parked."""
+        return self._release(key)
+
+    def untracked(self, key: CertKey) -> list[CertKey]:
+        """key is no longer tracked: forgotten; if it was a scout, the keys parked behind it (one
+        of them becomes the scout when its fetch is held again)."""
+        where = self._parked_at.pop(key, None)
+        if where is not None:
+            del self._parked[where][key]
+        return self._release(key)
+
+    def _release(self, key: CertKey) -> list[CertKey]:
+        where = self._scouting.pop(key, None)
+        if where is None:
+            return []
+        del self._scouts[where]
+        keys = list(self._parked.pop(where, {}))
+        for parked in keys:
+            del self._parked_at[parked]
+        return keys
