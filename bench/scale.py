@@ -9,7 +9,10 @@
     with N certificates those are N/3,600 fetches a second, costed from (e) instead;
     (e) refresh: N stored staples all past their refresh time (the cached "stale" set: thisUpdate 20 days
     ago, nextUpdate in 10 days), the CA handing out newer ones: time until all N are replaced, counted
-    from the ``"result": "stored"`` upstream log lines.
+    from the ``"result": "stored"`` upstream log lines;
+    (f) CA down (run before (e), on the same stale staples): N staples due and nothing listening on the
+    CA's port, as behind an air gap: CPU over the idle window after the start-up work, the fetches that
+    reached the network (one ``upstream`` line each) and the log lines in that window.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ScaleResults:
     fill: dict[str, object] = field(default_factory=dict)
     startup: dict[str, object] = field(default_factory=dict)
     refresh: dict[str, object] = field(default_factory=dict)
+    ca_down: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -273,8 +277,12 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
             _wait_logged(proc, b'"event": "store loaded"', timeout=600)
             rss_start = rss_mib(proc.pid)
             # Signatures of stored staples are checked in the background after the listener opens
-            # (each before its first use): idle means after that one-time work.
+            # (each before its first use), then the snapshot is written and the file watcher
+            # compares every certificate file once (about 0.5 s of CPU in all): idle means after
+            # that one-time work.
             _wait_logged(proc, b'"event": "stored staples verified"', timeout=600)
+            _wait_logged(proc, b'"event": "staples snapshot written"', timeout=600)
+            time.sleep(5.0)
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(s.idle_seconds)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
@@ -316,6 +324,35 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
             (stale_state / index.name).write_bytes(index.read_bytes())
             os.chmod(stale_state / index.name, 0o600)
         os.sync()
+
+        # (f) the same due staples, the CA down (its port closed): first, as it leaves them due
+        dead = issuer_config(workdir / "dead.toml", ss.ca_pem, free_port())
+        port = free_port()
+        proc = spawn(port, stale_state, workdir / "ca-down.log", dead)
+        try:
+            _wait_logged(proc, b'"event": "staples snapshot written"', timeout=600)
+            time.sleep(5.0)
+            offset = proc.log_path.stat().st_size
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(s.idle_seconds)
+            cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            proc.check_alive()
+        finally:
+            proc.stop()
+        with proc.log_path.open("rb") as f:
+            f.seek(offset)
+            window = [json.loads(x) for x in f.read().splitlines()[:-1] if x.startswith(b"{")]
+        results.ca_down = {
+            "window_s": round(t1 - t0, 1),
+            "cpu_pct_of_core": round((cpu1 - cpu0) / (t1 - t0) * 100, 2),
+            "network_fetches": sum(1 for e in window if e.get("event") == "upstream"),
+            "log_lines": len(window),
+            "held_lines_in_all": sum(
+                1 for x in proc.log_path.read_bytes().splitlines() if b'"upstream failing; fetches held"' in x
+            ),
+        }
+        log.append(f"scale: CA down {results.ca_down}")
+
         port = free_port()
         refresh_log = workdir / "refresh.log"
         proc = spawn(port, stale_state, refresh_log)

@@ -228,6 +228,7 @@ def scale_rows(r: ScaleResults) -> list[Row]:
     ]
     idle = _f(r.startup.get("idle_cpu_pct_of_core"))
     per_fetch = _f(refresh.get("cpu_ms_per_fetch"))  # ms: N/3,600 a second is N/36 ms per 10 s
+    down_cpu = _f(r.ca_down.get("cpu_pct_of_core"))
     return [
         Row(
             sec,
@@ -289,6 +290,23 @@ def scale_rows(r: ScaleResults) -> list[Row]:
             unit="% core",
             digits=1,
         ),
+        Row(
+            sec,
+            f"CA down, all N due: CPU over {r.ca_down.get('window_s', '?')} s after the start-up work",
+            down_cpu,
+            unit="% core",
+            target="≤ 1 %",
+            met=None if down_cpu is None else down_cpu <= 1,
+            digits=2,
+        ),
+        Row(
+            sec,
+            "CA down, all N due: fetches that reached the network in that window",
+            _f(r.ca_down.get("network_fetches")),
+            unit="fetches",
+            digits=0,
+        ),
+        Row(sec, "CA down, all N due: log lines in that window", _f(r.ca_down.get("log_lines")), digits=0),
         Row(
             sec,
             "refresh rate, all N due" + ("" if refresh.get("complete") else " (partial run)"),
