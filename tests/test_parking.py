@@ -36,21 +36,20 @@ def test_one_scout_per_upstream_the_others_parked() -> None:
     assert p.held(key(4), B) is False, "B has its own scout"
     assert p.held(key(3), A) is True, "parked twice (a clock jump, a drop): once in the list"
     assert len(p) == 2 and key(2) in p and key(1) not in p
-    assert p.answered(key(2)) == [], "only a scout's answer lets the others go"
-    assert p.answered(key(1)) == [key(2), key(3)]
+    assert p.release(key(1)) == [key(2), key(3)], "the scout answered: the others go"
     assert len(p) == 0 and key(2) not in p
     assert p.held(key(2), A) is False, "after the release, the next key held is the new scout"
-    assert p.answered(key(4)) == []
+    assert p.release(key(4)) == []
 
 
-def test_an_untracked_scout_lets_the_others_go_and_an_untracked_parked_key_is_forgotten() -> None:
+def test_a_parked_key_released_on_its_own_is_forgotten_and_lets_none_go() -> None:
     p = Parking()
     p.held(key(1), A)
     p.held(key(2), A)
     p.held(key(3), A)
-    assert p.untracked(key(2)) == []
-    assert key(2) not in p
-    assert p.untracked(key(1)) == [key(3)]
+    assert p.release(key(2)) == [], "answered by a request, or untracked: only itself"
+    assert key(2) not in p and len(p) == 1
+    assert p.release(key(1)) == [key(3)]
     assert len(p) == 0
 
 

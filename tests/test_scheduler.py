@@ -40,6 +40,7 @@ class FakeStaples:
         self.clock = clock
         self.validity = validity
         self.failing = False
+        self.paused = 0.0  # > 0: every fetch is held (its upstream paused), this many seconds left
         self.held: dict[CertKey, Staple] = {}
         self.fetches: list[tuple[CertKey, datetime]] = []
         self.fetched_at: list[float] = []  # loop time of each fetch
@@ -69,6 +70,9 @@ class FakeStaples:
         async def fetch() -> Ingested:
             self.fetches.append((key, self.clock()))
             self.fetched_at.append(asyncio.get_running_loop().time())
+            if self.paused:
+                servable = self.servable(key)
+                return Ingested(Result.HELD, "paused", servable, held_by="ca", held_for=self.paused)
             if self.failing:
                 return Ingested(Result.FAILED, "CA down", self.servable(key))
             self.hold(key, self.clock())
@@ -229,3 +233,43 @@ async def test_nothing_servable_retries_stay_within_retry_unservable() -> None:
         delays.append(scheduler._entries[keys[0]].due - loop.time())
     assert max(delays) <= 60.0
     assert min(delays[7:]) >= 30.0 - 0.01, "bounded below too: no hammering"
+
+
+def held_and_due(n: int) -> tuple[Scheduler, FakeStaples, WallClock, list[CertKey]]:
+    """n keys, each staple due (40 of its 60 minutes gone), their upstream paused."""
+    policy = RefreshPolicy(retry_initial=0.05, retry_max=0.1, retry_min=0.01)
+    scheduler, staples, clock, keys = make(n, policy=policy)
+    for key in keys:
+        staples.hold(key, clock() - timedelta(minutes=40))
+    staples.paused = 0.2
+    return scheduler, staples, clock, keys
+
+
+async def test_keys_held_by_a_paused_upstream_wait_behind_one_scout() -> None:
+    """Without parking each key would retry every 0.1 s: 20 keys, 1 s, about 200 fetches."""
+    scheduler, staples, clock, keys = held_and_due(20)
+    scheduler.track_all(keys)
+    await run_for(scheduler, 1.0)
+    assert 20 <= len(staples.fetches) <= 20 + 6, "each once, then the scout every 0.2-0.22 s"
+    assert len(scheduler.parking) == 19
+    staples.paused = 0.0  # the upstream answers again: the scout's answer lets the rest go
+    clock.now += timedelta(seconds=1)
+    await run_for(scheduler, 1.5)  # jump_spread is 1 s
+    assert all(staples.held[key].this_update == clock() for key in keys)
+    assert len(scheduler.parking) == 0
+
+
+async def test_a_scout_found_refreshed_by_other_means_lets_the_rest_go() -> None:
+    """The scout's staple was renewed meanwhile (by a request, the fleet, a bundle): its timer
+    finds it not due, and the keys parked behind it are fetched, not left waiting for its next
+    check an hour away."""
+    scheduler, staples, clock, keys = held_and_due(10)
+    scheduler.track_all(keys)
+    await run_for(scheduler, 0.1)
+    parked = set(scheduler.parking._parked_at)
+    (scout,) = set(keys) - parked
+    staples.hold(scout, clock())
+    staples.paused = 0.0
+    await run_for(scheduler, 1.5)
+    assert all(staples.held[key].this_update == clock() for key in keys)
+    assert [key for key, _ in staples.fetches].count(scout) == 1, "the scout itself not again"

@@ -42,14 +42,10 @@ class Parking:
         self._parked_at[key] = where
         return True
 
-    def answered(self, key: CertKey) -> list[CertKey]:
-        """key's upstream answered it (or key was refreshed by other means): if key was a scout,
-        the keys parked behind it, to be scheduled again. A failed fetch keeps them parked."""
-        return self._release(key)
-
-    def untracked(self, key: CertKey) -> list[CertKey]:
-        """key is no longer tracked: forgotten; if it was a scout, the keys parked behind it (one
-        of them becomes the scout when its fetch is held again)."""
+    def release(self, key: CertKey) -> list[CertKey]:
+        """key waits no longer: its upstream answered it, it was found refreshed by other means,
+        or it is no longer tracked. Forgotten if parked; if it was a scout, the keys parked behind
+        it, to be scheduled again (one of them becomes the scout if its fetch is held again)."""
         where = self._parked_at.pop(key, None)
         if where is not None:
             del self._parked[where][key]

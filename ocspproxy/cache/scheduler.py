@@ -120,7 +120,7 @@ class Scheduler(Listener):
 
     def untrack(self, key: CertKey) -> None:
         self._entries.pop(key, None)  # its heap item goes stale and is dropped when it surfaces
-        self._unpark(self.parking.untracked(key))
+        self._unpark(self.parking.release(key))
 
     def tracked(self) -> list[CertKey]:
         return list(self._entries)
@@ -258,7 +258,7 @@ class Scheduler(Listener):
             return
         delay = self._delay_from_staple(key)
         if delay is not None and delay > 0:  # refreshed meanwhile: a request, the fleet, a bundle
-            self._unpark(self.parking.answered(key))
+            self._unpark(self.parking.release(key))
             self._schedule(key, delay)
             return
         job = self.catalog.job_for(key)
@@ -273,9 +273,10 @@ class Scheduler(Listener):
         """Schedule key's next fetch from the outcome of the one just made."""
         entry.failures = entry.failures + 1 if outcome.failed else 0
         entry.latest = asyncio.get_running_loop().time() + self.policy.interval(self.rng)
-        if outcome.result not in (Result.FAILED, Result.HELD):
-            self._unpark(self.parking.answered(key))  # its upstream answered (scouts: again)
         delay = self._delay_from_staple(key)
+        if outcome.result not in (Result.FAILED, Result.HELD) or (delay is not None and delay > 0):
+            # Answered (a scout's upstream answers again), or its staple was refreshed meanwhile.
+            self._unpark(self.parking.release(key))
         if delay is not None and delay > 0:
             # The staple is not due yet (a max_interval check, or a newer staple stored): next
             # time as usual, whether or not the CA answered this once.
