@@ -212,6 +212,12 @@ def handshake_rows(r: HandshakeResults) -> list[Row]:
     ]
 
 
+def _cpu_row(section: str, measure: str, pct: float | None) -> Row:
+    """CPU of a process that should be doing next to nothing: % of one core, target ≤ 1 %."""
+    met = None if pct is None else pct <= 1
+    return Row(section, measure, pct, unit="% core", target="≤ 1 %", met=met, digits=2)
+
+
 def scale_rows(r: ScaleResults) -> list[Row]:
     sec = f"scale, N={r.n:,}"
     fill = r.fill
@@ -228,7 +234,6 @@ def scale_rows(r: ScaleResults) -> list[Row]:
     ]
     idle = _f(r.startup.get("idle_cpu_pct_of_core"))
     per_fetch = _f(refresh.get("cpu_ms_per_fetch"))  # ms: N/3,600 a second is N/36 ms per 10 s
-    down_cpu = _f(r.ca_down.get("cpu_pct_of_core"))
     return [
         Row(
             sec,
@@ -274,15 +279,7 @@ def scale_rows(r: ScaleResults) -> list[Row]:
             met=None if rss_mb is None else rss_mb <= 400,
             digits=0,
         ),
-        Row(
-            sec,
-            f"idle CPU over {r.startup.get('idle_window_s', '?')} s (hourly checks off)",
-            idle,
-            unit="% core",
-            target="≤ 1 %",
-            met=None if idle is None else idle <= 1,
-            digits=2,
-        ),
+        _cpu_row(sec, f"idle CPU over {r.startup.get('idle_window_s', '?')} s (hourly checks off)", idle),
         Row(
             sec,
             "the hourly checks of N certificates: N/3,600 fetches/s times the CPU per fetch (refresh run)",
@@ -290,14 +287,10 @@ def scale_rows(r: ScaleResults) -> list[Row]:
             unit="% core",
             digits=1,
         ),
-        Row(
+        _cpu_row(
             sec,
             f"CA down, all N due: CPU over {r.ca_down.get('window_s', '?')} s after the start-up work",
-            down_cpu,
-            unit="% core",
-            target="≤ 1 %",
-            met=None if down_cpu is None else down_cpu <= 1,
-            digits=2,
+            _f(r.ca_down.get("cpu_pct_of_core")),
         ),
         Row(
             sec,
