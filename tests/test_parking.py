@@ -53,6 +53,20 @@ def test_a_parked_key_released_on_its_own_is_forgotten_and_lets_none_go() -> Non
     assert len(p) == 0
 
 
+def test_a_scout_whose_url_changed_takes_the_keys_parked_behind_it_along() -> None:
+    """A reload gave the scout's certificate another CA URL, also paused: nothing stays parked
+    behind a scout that no longer tries that upstream."""
+    p = Parking()
+    p.held(key(1), A)
+    p.held(key(2), A)
+    p.held(key(5), B)
+    assert p.held(key(1), B) is True, "B has its scout already"
+    assert p.held(key(3), A) is False, "A has none now: key 3 scouts it"
+    assert sorted(p.release(key(5)), key=lambda k: k.serial) == [key(1), key(2)]
+    assert p.release(key(3)) == []
+    assert len(p) == 0
+
+
 async def test_a_ca_that_stays_down_costs_a_scout_not_a_retry_per_certificate(
     ca: TestCA, upstream: FakeUpstream, make_proxy: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

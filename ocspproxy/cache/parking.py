@@ -33,14 +33,25 @@ class Parking:
     def held(self, key: CertKey, where: str) -> bool:
         """key's fetch was held by where's pause. True: key is parked (no timer); False: it is the
         scout, to be tried again when the pause ends."""
+        moved: dict[CertKey, None] = {}
+        previous = self._scouting.pop(key, None)
+        if previous is not None and previous != where:
+            # Its URL changed (a reload) while it was another upstream's scout: the keys parked
+            # behind it wait for where's scout now, and try their own upstream when let go.
+            del self._scouts[previous]
+            moved = self._parked.pop(previous, {})
         scout = self._scouts.get(where)
-        if scout is None or scout == key:
+        parked = scout is not None and scout != key
+        if parked:
+            self._parked.setdefault(where, {})[key] = None
+            self._parked_at[key] = where
+        else:
             self._scouts[where] = key
             self._scouting[key] = where
-            return False
-        self._parked.setdefault(where, {})[key] = None
-        self._parked_at[key] = where
-        return True
+        for other in moved:
+            self._parked.setdefault(where, {})[other] = None
+            self._parked_at[other] = where
+        return parked
 
     def release(self, key: CertKey) -> list[CertKey]:
         """key waits no longer: its upstream answered it, it was found refreshed by other means,
@@ -49,9 +60,6 @@ class Parking:
         where = self._parked_at.pop(key, None)
         if where is not None:
             del self._parked[where][key]
-        return self._release(key)
-
-    def _release(self, key: CertKey) -> list[CertKey]:
         where = self._scouting.pop(key, None)
         if where is None:
             return []
