@@ -50,11 +50,15 @@ def test_failures_in_a_row_hold_the_upstream_then_one_probe_goes_out() -> None:
     assert not held(b), "two failures: still asked"
     b.failed(CA, "connection refused")
     assert held(b)
-    with pytest.raises(SourceHeld, match=r"failed 3 times in a row \(connection refused\)"):
+    with pytest.raises(SourceHeld, match=r"failed 3 times in a row \(connection refused\)") as info:
         b.check(CA)
-    clock.now += 10.0  # the longest first pause (half to all of 10 s)
+    assert info.value.where == CA
+    assert 5.0 <= info.value.wait <= 10.0, "the time left in the pause: half to all of 10 s"
+    clock.now += 10.0  # the longest first pause
     assert b.check(CA) is True, "the probe"
-    assert held(b), "one probe at a time"
+    with pytest.raises(SourceHeld, match="being tried again") as info:
+        b.check(CA)
+    assert info.value.wait == 5.0, "one probe at a time; the others wait half the shortest pause"
     b.failed(CA, "connection refused", probe=True)
     clock.now += 9.9
     assert held(b), "the second pause is longer: 10 to 20 s"

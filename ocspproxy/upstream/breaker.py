@@ -67,7 +67,8 @@ class Breaker:
             raise SourceHeld(
                 f"not asked: {where} failed {state.failures} times in a row ({state.reason}); {wait}",
                 where=where,
-                wait=max(left, 1.0),
+                # Until the pause ends; while the probe is out, half the shortest pause.
+                wait=max(left, 0.01) if not state.probing else self.first / 2,
             )
         state.probing = True
         return True
