@@ -32,6 +32,7 @@ from ocspproxy.upstream.base import Job
 from tests.conftest import Proxy, eventually
 from tests.diskfaults import FlakyStore, fill, remount, require_mount, tmpfs
 from tests.pki import Leaf, TestCA, any_staple
+from tests.required import unavailable
 from tests.upstream import FakeUpstream, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,8 +285,9 @@ def test_existing_open_state_directory_holding_other_files_is_left_with_a_warnin
     assert sorted(mode(p) for p in state.iterdir()) == [0o600, 0o644]  # the staple is private anyway
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 def test_existing_open_state_directory_of_another_user_is_left_with_a_warning(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        unavailable("chown to another user needs root")
     state = tmp_path / "state"
     state.mkdir()
     state.chmod(0o777)
