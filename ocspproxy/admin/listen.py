@@ -15,10 +15,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestHandler
 
 from ocspproxy.log import Repeats
-from ocspproxy.serve.badhttp import classify
+from ocspproxy.serve.badhttp import ErrorAnsweringHandler
 from ocspproxy.serve.limits import Gate
 
 __all__ = ["GatedServer", "socket_file", "unix_socket"]
@@ -28,7 +28,7 @@ log = structlog.get_logger("ocspproxy")
 SOCKET_MODE = 0o660  # the service's user and group
 
 
-class _Handler(RequestHandler):
+class _Handler(ErrorAnsweringHandler):
     """aiohttp's handler of one connection, answering bad HTTP with a short text (not a traceback
     in the log for each: a client can send it at will)."""
 
@@ -38,30 +38,16 @@ class _Handler(RequestHandler):
         super().__init__(manager, **settings)
         self._repeats = repeats
 
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
+    def bad_http(
+        self, request: web.BaseRequest, exc: HttpProcessingError, kind: str, http_status: int
     ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # as aiohttp: too late for another response
-            raise ConnectionError("a response is sent already")
-        if isinstance(exc, HttpProcessingError):
-            kind, http_status = classify(exc, max_field_size=self.max_field_size)
-            if self._repeats.note(kind):
-                log.info("admin listener: bad request", detail=kind, peer=request.remote)
-            response = web.Response(status=http_status, text=kind + "\n")
-        else:
-            log.error("admin request failed", peer=request.remote, exc_info=exc)
-            response = web.Response(status=500, text="internal error\n")
-        response.force_close()
-        return response
+        if self._repeats.note(kind):
+            log.info("admin listener: bad request", detail=kind, peer=request.remote)
+        return web.Response(status=http_status, text=kind + "\n")
 
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        if isinstance(kw.get("exc_info"), RequestPayloadError | HttpProcessingError | ConnectionError):
-            return
-        super().log_exception(*args, **kw)
+    def failed(self, request: web.BaseRequest, exc: BaseException | None) -> web.StreamResponse:
+        log.error("admin request failed", peer=request.remote, exc_info=exc)
+        return web.Response(status=500, text="internal error\n")
 
 
 class GatedServer(web.Server):

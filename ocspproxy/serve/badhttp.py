@@ -2,7 +2,7 @@
 
 aiohttp's parser refuses a request line or header over its limit, too many headers, garbage, a TLS
 ClientHello on this plain port, a broken chunked body. Such a client is answered malformedRequest
-(``server.py``) and logged with the project's one request line, ``outcome=malformed`` and a ``detail``
+(``edge.py``) and logged with the project's one request line, ``outcome=malformed`` and a ``detail``
 naming the kind; when a kind repeats (a scanner, a flood), only its first line per interval and then
 a count (``ocspproxy.log.Repeats``).
 """
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import structlog
+from aiohttp import web
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -21,10 +23,11 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ocspproxy.log import Repeats, request_line
 
-__all__ = ["BadRequestLog", "classify", "reason"]
+__all__ = ["BadRequestLog", "ErrorAnsweringHandler", "classify", "reason"]
 
 log = structlog.get_logger("ocspproxy")
 
@@ -97,3 +100,41 @@ class BadRequestLog:
                 return
             self._timer.cancel()
         self._timer = loop.call_later(delay, self._summarise)
+
+
+class ErrorAnsweringHandler(RequestHandler):
+    """aiohttp's handler of one connection, whose errors each listener answers its own way
+    (``bad_http``, ``failed``) instead of aiohttp's text page, and logs as one line: a client can
+    send bad HTTP at will, so it never logs a traceback."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for another response
+            raise ConnectionError("a response is sent already")
+        if isinstance(exc, HttpProcessingError):
+            kind, http_status = classify(exc, max_field_size=self.max_field_size)
+            response = self.bad_http(request, exc, kind, http_status)
+        else:  # our bug (status 500), or a handler that timed out (504, no exc)
+            response = self.failed(request, exc)
+        response.force_close()
+        return response
+
+    def bad_http(
+        self, request: web.BaseRequest, exc: HttpProcessingError, kind: str, http_status: int
+    ) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def failed(self, request: web.BaseRequest, exc: BaseException | None) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After an answer aiohttp reads what is left of the body; a broken one is reported as an
+        # "Unhandled exception", yet it is the client's doing and its request was logged already.
+        if isinstance(kw.get("exc_info"), RequestPayloadError | HttpProcessingError | ConnectionError):
+            return
+        super().log_exception(*args, **kw)

@@ -28,7 +28,7 @@ from ocspproxy.core.ocsp import (
 from ocspproxy.core.staple import Staple
 from ocspproxy.log import request_line
 from ocspproxy.serve.answer import Answer, Outcome, request_fields
-from ocspproxy.serve.badhttp import BadRequestLog, classify, reason
+from ocspproxy.serve.badhttp import BadRequestLog, ErrorAnsweringHandler, reason
 from ocspproxy.serve.fastpath import FastPath
 from ocspproxy.serve.limits import Gate, Limits
 from ocspproxy.serve.render import CONTENT_TYPE, cache_headers
@@ -165,7 +165,7 @@ class Edge:
         return response
 
 
-class _Handler(RequestHandler):
+class _Handler(ErrorAnsweringHandler):
     """aiohttp's handler of one connection, answering what aiohttp answers with a text page (and logs
     with a traceback) as OCSP: bad HTTP with malformedRequest and one request line, a bug in a request
     handler with internalError and one error line."""
@@ -179,38 +179,24 @@ class _Handler(RequestHandler):
         self._bad_requests = bad_requests
         self._tally = tally
 
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
+    def bad_http(
+        self, request: web.BaseRequest, exc: HttpProcessingError, kind: str, http_status: int
     ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # as aiohttp: too late for another response
-            raise ConnectionError("a response is sent already")
-        if isinstance(exc, HttpProcessingError):
-            kind, http_status = classify(exc, max_field_size=self.max_field_size)
-            fields: dict[str, object] = {"outcome": str(Outcome.MALFORMED), "detail": kind}
-            self._bad_requests({**fields, "reason": reason(exc), "peer": request.remote})
-            response = _error_response(ResponseStatus.MALFORMED_REQUEST, http_status)
-            outcome = Outcome.MALFORMED
-        else:  # our bug (status 500), or a handler that timed out (504, no exc)
-            log.error("request failed", peer=request.remote, exc_info=exc)
-            fields = {"method": request.method, "outcome": str(Outcome.ERROR), "detail": "internal error"}
-            request_line({**fields, "peer": request.remote})
-            response = _error_response(ResponseStatus.INTERNAL_ERROR)
-            outcome = Outcome.ERROR
+        fields: dict[str, object] = {"outcome": str(Outcome.MALFORMED), "detail": kind}
+        self._bad_requests({**fields, "reason": reason(exc), "peer": request.remote})
+        self._count(Outcome.MALFORMED)
+        return _error_response(ResponseStatus.MALFORMED_REQUEST, http_status)
+
+    def failed(self, request: web.BaseRequest, exc: BaseException | None) -> web.StreamResponse:
+        log.error("request failed", peer=request.remote, exc_info=exc)
+        fields = {"method": request.method, "outcome": str(Outcome.ERROR), "detail": "internal error"}
+        request_line({**fields, "peer": request.remote})
+        self._count(Outcome.ERROR)
+        return _error_response(ResponseStatus.INTERNAL_ERROR)
+
+    def _count(self, outcome: Outcome) -> None:
         if self._tally is not None:
             self._tally.answered(outcome.value, 0.0)  # (aiohttp keeps no start time for these)
-        response.force_close()
-        return response
-
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        # After an answer aiohttp reads what is left of the body; a broken one is reported as an
-        # "Unhandled exception", yet it is the client's doing and its request was logged already.
-        if isinstance(kw.get("exc_info"), RequestPayloadError | HttpProcessingError | ConnectionError):
-            return
-        super().log_exception(*args, **kw)
 
 
 class GuardedServer(web.Server):
