@@ -32,7 +32,6 @@ from cryptography.x509 import ocsp
 
 from bench.common import Proc, free_port, percentile, port_accepts, rss_mib, wait_until
 from bench.pkiset import load_responses, scale_set
-from bench.report import Row
 from bench.scale import phases
 from bench.servers import post_ocsp, start_ocspproxy
 from ocspproxy.core.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
@@ -40,7 +39,7 @@ from ocspproxy.shared.keys import Names, millis
 from ocspproxy.shared.scripts import PUT
 from tests.pki import make_cert, pem
 
-__all__ = ["FleetResults", "FleetSettings", "fleet_rows", "run_fleet"]
+__all__ = ["FleetResults", "FleetSettings", "run_fleet"]
 
 _REFRESH = "[refresh]\nfraction = 0.1\njitter = 0.1\nmargin = 0.2\nretry_initial = 1.0\nretry_max = 5.0\n"
 
@@ -424,83 +423,3 @@ def run_fleet(workdir: Path, s: FleetSettings, log: list[str]) -> FleetResults:
     finally:
         redis.stop()
     return results
-
-
-def _n(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def fleet_rows(r: FleetResults) -> list[Row]:
-    sec = "fleet"
-    req, prop, fresh = r.requests, r.propagation, r.fresh
-    per_cert = req.get("per_certificate_per_minute")
-    per = per_cert if isinstance(per_cert, dict) else {}
-    cycle = req.get("per_cycle")
-    per_cycle = cycle if isinstance(cycle, dict) else {}
-    ratio = _n(req.get("ratio"))
-    fleet_per_cycle = _n(per_cycle.get("fleet_of_3"))
-    held = _n(fresh.get("held_s"))
-    rss = _n(fresh.get("rss_mib"))
-    rss_mb = rss * 1024 * 1024 / 1e6 if rss is not None else None
-    return [
-        Row(
-            sec,
-            "CA requests per refresh cycle (a new staple): 3 instances on Redis vs 1 alone",
-            fleet_per_cycle,
-            _n(per_cycle.get("alone")),
-            unit="",
-            target="≈ 1 (one fetch per cycle)",
-            met=None if fleet_per_cycle is None else fleet_per_cycle <= 1.1,
-            digits=2,
-        ),
-        Row(
-            sec,
-            "CA requests per certificate per minute: 3 instances on Redis vs 1 alone",
-            _n(per.get("fleet_of_3")),
-            _n(per.get("alone")),
-            unit="/min",
-            target="ratio ≈ 1",
-            met=None if ratio is None else ratio <= 1.3,
-            digits=2,
-        ),
-        *(
-            Row(
-                sec,
-                f"accepted by one instance → held by another, {name} ({prop.get('samples')} samples)",
-                _n(prop.get(key)),
-                unit="ms",
-                target="≤ 1,000 ms" if name == "p99" else "—",
-                met=None if name != "p99" or _n(prop.get(key)) is None else (_n(prop.get(key)) or 0) <= 1000,
-            )
-            for name, key in (("p50", "p50_ms"), ("p99", "p99_ms"))
-        ),
-        Row(
-            sec,
-            f"fresh instance, {fresh.get('n', 0):,} staples in Redis: spawn → every one held and served",
-            held,
-            unit="s",
-            target="≤ 10 s",
-            met=None if held is None else held <= 10 and not fresh.get("sample_wrong"),
-            digits=2,
-        ),
-        *(
-            Row(
-                sec,
-                f"then {fresh.get('sample')} of them asked while the certificates are read, {name}",
-                _n(fresh.get(key)),
-                unit="ms",
-                digits=1,
-            )
-            for name, key in (("p50", "sample_p50_ms"), ("p99", "sample_p99_ms"))
-        ),
-        Row(
-            sec,
-            "fresh instance RSS, everything loaded and checked",
-            rss_mb,
-            unit="MB",
-            target="≤ 400 MB",
-            met=None if rss_mb is None else rss_mb <= 400,
-            digits=0,
-        ),
-        Row(sec, "Redis memory per staple", _n(fresh.get("redis_bytes_per_staple")), unit="bytes", digits=0),
-    ]
