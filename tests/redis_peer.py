@@ -10,11 +10,13 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis as redis_py
+
 from tests.e2e.processes import ManagedProcess
 from tests.e2e.tools import free_port
 from tests.required import unavailable
 
-__all__ = ["RedisSentinel", "RedisServer", "redis_binary"]
+__all__ = ["RedisSentinel", "RedisServer", "fill_to_maxmemory", "redis_binary"]
 
 
 def redis_binary(name: str) -> str:
@@ -95,3 +97,21 @@ class RedisSentinel(ManagedProcess):
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)}: {done.stderr or done.stdout}")
         return done.stdout.strip()
+
+
+def fill_to_maxmemory(client: redis_py.Redis, headroom: int) -> bool:
+    """Make client's Redis full as an operator's would be (``noeviction``, ``maxmemory`` headroom
+    bytes above what it holds, then 1 KiB keys ``filler:N`` until a write is refused) and keep it
+    full. True when a write was refused for memory."""
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used + headroom)
+    refused = False
+    try:
+        for i in range(10_000):
+            client.set(f"filler:{i}", b"x" * 1024)
+    except redis_py.exceptions.OutOfMemoryError:
+        refused = True
+    # Kept full: memory accounting wavers by a few bytes around the limit.
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+    return refused

@@ -27,7 +27,7 @@ from ocspproxy.shared.scripts import PUT
 from ocspproxy.shared.settings import SharedSettings
 from tests.conftest import Proxy, eventually
 from tests.pki import TestCA, now
-from tests.redis_peer import RedisSentinel, RedisServer
+from tests.redis_peer import RedisSentinel, RedisServer, fill_to_maxmemory
 from tests.upstream import FakeUpstream, Reply
 
 PREFIX = "ocspproxy"
@@ -341,14 +341,7 @@ async def test_a_full_redis_is_logged_once_and_the_instance_goes_on_alone(
     a = await fleet("a", ca=ca, leaves=[leaf]).start()
     b = await fleet("b", ca=ca, leaves=[leaf]).start()
     await eventually(lambda: served(b, key) is not None)
-    used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", used + 64 * 1024)
-    with pytest.raises(redis_py.exceptions.OutOfMemoryError):
-        for i in range(10_000):
-            client.set(f"filler:{i}", b"x" * 1024)
-    # Full, and kept full: memory accounting wavers by a few bytes around the limit.
-    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+    assert fill_to_maxmemory(client, 64 * 1024), "Redis refuses writes: it is full"
     for n in range(3):
         newer = ca.respond(leaf.serial, this_update=now() + dt.timedelta(seconds=n))
         upstream.behaviour = functools.partial(lambda der, serial: Reply(der), newer)

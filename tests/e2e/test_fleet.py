@@ -4,7 +4,6 @@ real Apache stapling through one of the instances."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import re
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from tests.redis_peer import RedisSentinel, RedisServer
+from tests.redis_peer import RedisSentinel, RedisServer, fill_to_maxmemory
 
 from .conftest import apache_account
 from .peers import (
@@ -332,14 +331,7 @@ def test_redis_flushed_full_and_failed_over_staples_stay_served_and_the_fleet_co
     wait_until(lambda: entries(master) == 2, timeout=10, what="the fleet writing its staples again")
 
     with redis_py.Redis(port=master.port) as direct:
-        used = int(direct.info("memory")["used_memory"])
-        direct.config_set("maxmemory-policy", "noeviction")
-        direct.config_set("maxmemory", used + 32 * 1024)
-        with contextlib.suppress(redis_py.exceptions.OutOfMemoryError):
-            for i in range(10_000):
-                direct.set(f"filler:{i}", b"x" * 1024)
-        # Full, and kept full: memory accounting wavers by a few bytes around the limit.
-        direct.config_set("maxmemory", int(direct.info("memory")["used_memory"]) // 2)
+        fill_to_maxmemory(direct, 32 * 1024)
         time.sleep(12)  # a refresh cycle with Redis full: every instance goes on alone
         fleet.serve_everything()
         full = [p.log_text().count("shared store full") for p in fleet.members.values()]
