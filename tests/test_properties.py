@@ -4,7 +4,7 @@
   ``MalformedRequest`` on any text or bytes, and every GET encoding of a valid request decodes to exactly
   its DER.
 - ``validate_response`` (upstream answers) raises nothing but ``InvalidResponse``, and a mutated response
-  it accepts must still verify by an independent check (``fuzz.oracle.independent_problems``); nothing it
+  it accepts must still verify by an independent check (``fuzz.verify.independent_problems``); nothing it
   accepts for one certificate is accepted for another serial or another issuer.
 
 The invariants live in ``fuzz/oracle.py`` and are shared with the atheris targets in ``fuzz/``. The
@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from fuzz import der, harness, oracle
+from fuzz import der, harness, oracle, verify
 from fuzz.oracle import GetEncoding, ResponseContext
 from ocspproxy.core.ocsp import CertKey, MalformedRequest, build_request, decode_get_path, parse_request
 from ocspproxy.core.staple import CertStatus, Staple
@@ -332,7 +332,7 @@ def test_fixture_responses_are_accepted_or_rejected_as_labelled() -> None:
 
 
 def problems(data: bytes, staple: Staple) -> list[str]:
-    return oracle.independent_problems(
+    return verify.independent_problems(
         data, key=CTX.key, issuer=CA.cert, responders=[CA.responder], now=NOW, skew=SKEW, staple=staple
     )
 
