@@ -19,25 +19,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis as redis_py
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from bench.common import Proc, free_port, percentile, port_accepts, rss_mib, wait_until
-from bench.pkiset import load_responses, scale_set
+from bench.pkiset import OpensslPki, load_responses, openssl_pki, scale_set
 from bench.scale import phases
-from bench.servers import post_ocsp, start_ocspproxy
+from bench.servers import post_ocsp, start_ocspproxy, start_openssl_ocsp, start_redis
 from ocspproxy.core.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
 from ocspproxy.shared.keys import Names, millis
 from ocspproxy.shared.scripts import PUT
-from tests.pki import make_cert, pem
 
 __all__ = ["FleetResults", "FleetSettings", "run_fleet"]
 
@@ -60,100 +56,8 @@ class FleetResults:
     notes: list[str] = field(default_factory=list)
 
 
-def _binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    if path is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install redis-server)")
-    return path
-
-
-def _redis(workdir: Path) -> tuple[Proc, int]:
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        _binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    proc = Proc("redis-server", [*cmd, "--dir", str(workdir)], workdir / "redis.log")
-    proc.wait_port(port, timeout=30)
-    return proc, port
-
-
-@dataclass(frozen=True)
-class _Pki:
-    ca_pem: Path
-    key_pem: Path
-    index: Path
-    certs: Path
-
-
-def _pki(directory: Path, n: int) -> _Pki:
-    """A CA and n leaves, with the index ``openssl ocsp`` answers from (every leaf good)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca = make_cert(subject="ocspproxy bench fleet CA", key=key, issuer=None, issuer_key=key, ca=True)
-    (directory / "ca.pem").write_bytes(pem(ca))
-    key_pem = directory / "ca.key"
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    certs = directory / "certs"
-    certs.mkdir(exist_ok=True)
-    lines = []
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    for i in range(n):
-        leaf = make_cert(
-            subject=f"leaf{i}.bench", key=leaf_key, issuer=ca, issuer_key=key, ocsp_url="http://unused/"
-        )
-        (certs / f"leaf{i}.pem").write_bytes(pem(leaf))
-        serial = f"{leaf.serial_number:X}"
-        serial = "0" * (len(serial) % 2) + serial
-        expires = leaf.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
-        lines.append(f"V\t{expires}\t\t{serial}\tunknown\t/CN=leaf{i}.bench\n")
-    (directory / "index.txt").write_text("".join(lines))
-    return _Pki(directory / "ca.pem", key_pem, directory / "index.txt", certs)
-
-
-def _openssl_ca(pki: _Pki, log_path: Path) -> tuple[Proc, int]:
-    """``openssl ocsp`` signing a fresh one-minute response per request, printing each (-text)."""
-    port = free_port()
-    cmd = [
-        shutil.which("openssl") or "openssl",
-        "ocsp",
-        "-index",
-        str(pki.index),
-        "-port",
-        str(port),
-        "-rsigner",
-        str(pki.ca_pem),
-        "-rkey",
-        str(pki.key_pem),
-        "-CA",
-        str(pki.ca_pem),
-        "-nmin",
-        "1",
-        "-ignore_err",
-        "-text",
-    ]
-    proc = Proc("openssl ocsp", cmd, log_path)
-    # Not a TCP probe: openssl ocsp 3.0 spins once a client closes without a request.
-    wait_until(
-        lambda: "waiting for OCSP client connections" in proc.log_text(), timeout=20, what="openssl ocsp"
-    )
-    return proc, port
-
-
 def _config(
-    path: Path, pki: _Pki, ca_port: int, redis_url: str | None, *, load_timeout: float = 30.0
+    path: Path, pki: OpensslPki, ca_port: int, redis_url: str | None, *, load_timeout: float = 30.0
 ) -> Path:
     text = _REFRESH + "[upstream]\nconnect_timeout = 2.0\ntotal_timeout = 5.0\n"
     if redis_url is not None:
@@ -241,11 +145,11 @@ def _held_everywhere(logs: list[Path], n: int) -> bool:
 def _run_requests(
     workdir: Path, s: FleetSettings, redis_url: str, results: FleetResults, log: list[str]
 ) -> None:
-    pki = _pki(workdir / "pki", s.certificates)
+    pki = openssl_pki(workdir / "pki", s.certificates)
     procs: list[Proc] = []
     try:
-        fleet_ca, fleet_port = _openssl_ca(pki, workdir / "fleet-ca.log")
-        lone_ca, lone_port = _openssl_ca(pki, workdir / "lone-ca.log")
+        fleet_ca, fleet_port = start_openssl_ocsp(pki, workdir / "fleet-ca.log")
+        lone_ca, lone_port = start_openssl_ocsp(pki, workdir / "lone-ca.log")
         procs += [fleet_ca, lone_ca]
         logs: dict[str, Path] = {}
         for name in ("a", "b", "c", "lone"):
@@ -352,7 +256,7 @@ def _run_fresh(
         after = int(client.info("memory")["used_memory"])
         held = int(client.dbsize())
     dead_ca = free_port()  # nothing listens there: every staple must come from Redis
-    pki = _Pki(ss.ca_pem, ss.ca_pem, ss.ca_pem, ss.certs_dir)
+    pki = OpensslPki(ss.ca_pem, ss.ca_pem, ss.ca_pem, ss.certs_dir)
     config = _config(
         workdir / "fresh.toml", pki, dead_ca, f"redis://127.0.0.1:{redis_port}/0", load_timeout=120
     )
@@ -414,7 +318,7 @@ def _run_fresh(
 
 def run_fleet(workdir: Path, s: FleetSettings, log: list[str]) -> FleetResults:
     results = FleetResults()
-    redis, port = _redis(workdir / "redis")
+    redis, port = start_redis(workdir / "redis")
     try:
         _run_requests(workdir / "requests", s, f"redis://127.0.0.1:{port}/0", results, log)
         with redis_py.Redis(port=port) as client:

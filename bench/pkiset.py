@@ -31,9 +31,11 @@ from tests.pki import TestCA, make_cert, pem
 __all__ = [
     "CACHE_DIR",
     "CacheHitSet",
+    "OpensslPki",
     "ScaleSet",
     "cache_hit_set",
     "load_responses",
+    "openssl_pki",
     "save_responses",
     "scale_set",
     "sign_response",
@@ -336,3 +338,42 @@ def scale_set(n: int, *, cache_dir: Path = CACHE_DIR, workers: int | None = None
     if loaded is None:
         raise RuntimeError(f"generated scale set in {directory} does not load")
     return ScaleSet(**{**loaded.__dict__, "generated_in": time.monotonic() - started})
+
+
+@dataclass(frozen=True)
+class OpensslPki:
+    """A CA as ``openssl ocsp`` serves it: certificate, key, index; and its leaves' directory."""
+
+    ca_pem: Path
+    key_pem: Path
+    index: Path
+    certs: Path
+
+
+def openssl_pki(directory: Path, n: int) -> OpensslPki:
+    """A CA and n leaves, with the index ``openssl ocsp`` answers from (every leaf good)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca = make_cert(subject="ocspproxy bench fleet CA", key=key, issuer=None, issuer_key=key, ca=True)
+    (directory / "ca.pem").write_bytes(pem(ca))
+    key_pem = directory / "ca.key"
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    certs = directory / "certs"
+    certs.mkdir(exist_ok=True)
+    lines = []
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    for i in range(n):
+        leaf = make_cert(
+            subject=f"leaf{i}.bench", key=leaf_key, issuer=ca, issuer_key=key, ocsp_url="http://unused/"
+        )
+        (certs / f"leaf{i}.pem").write_bytes(pem(leaf))
+        serial = f"{leaf.serial_number:X}"
+        serial = "0" * (len(serial) % 2) + serial
+        expires = leaf.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        lines.append(f"V\t{expires}\t\t{serial}\tunknown\t/CN=leaf{i}.bench\n")
+    (directory / "index.txt").write_text("".join(lines))
+    return OpensslPki(directory / "ca.pem", key_pem, directory / "index.txt", certs)

@@ -1,4 +1,5 @@
-"""Starting the servers under test: the bench CA, ocspproxy, nginx as an OCSP cache; one-off HTTP calls."""
+"""Starting the servers under test: the bench CA, ocspproxy, nginx as an OCSP cache, Redis, ``openssl ocsp``;
+one-off HTTP calls."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import PYTHON, Proc, free_port, wait_until
+from bench.pkiset import OpensslPki
 
 __all__ = [
     "HttpAnswer",
@@ -21,6 +23,8 @@ __all__ = [
     "post_ocsp",
     "start_nginx",
     "start_ocspproxy",
+    "start_openssl_ocsp",
+    "start_redis",
     "start_upstream",
     "wait_for_staples",
 ]
@@ -211,3 +215,59 @@ def nginx_status(port: int) -> dict[str, int]:
     lines = get_text(port, "/nginx_status").splitlines()
     accepts, handled, requests = (int(x) for x in lines[2].split())
     return {"accepts": accepts, "handled": handled, "requests": requests}
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (apt-get install redis-server)")
+    return path
+
+
+def start_redis(workdir: Path) -> tuple[Proc, int]:
+    """``redis-server`` on loopback, nothing saved to disk."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    proc = Proc("redis-server", [*cmd, "--dir", str(workdir)], workdir / "redis.log")
+    proc.wait_port(port, timeout=30)
+    return proc, port
+
+
+def start_openssl_ocsp(pki: OpensslPki, log_path: Path) -> tuple[Proc, int]:
+    """``openssl ocsp`` signing a fresh one-minute response per request, printing each (-text)."""
+    port = free_port()
+    cmd = [
+        shutil.which("openssl") or "openssl",
+        "ocsp",
+        "-index",
+        str(pki.index),
+        "-port",
+        str(port),
+        "-rsigner",
+        str(pki.ca_pem),
+        "-rkey",
+        str(pki.key_pem),
+        "-CA",
+        str(pki.ca_pem),
+        "-nmin",
+        "1",
+        "-ignore_err",
+        "-text",
+    ]
+    proc = Proc("openssl ocsp", cmd, log_path)
+    # Not a TCP probe: openssl ocsp 3.0 spins once a client closes without a request.
+    wait_until(
+        lambda: "waiting for OCSP client connections" in proc.log_text(), timeout=20, what="openssl ocsp"
+    )
+    return proc, port
