@@ -26,7 +26,7 @@ from cryptography.x509 import ocsp
 
 from tests.required import unavailable
 
-from .conftest import apache_account
+from .conftest import apache_account, new_proxy
 from .peers import (
     Apache,
     Leaf,
@@ -87,18 +87,7 @@ def make_inside(e2e_tools: None, tmp_path_factory: pytest.TempPathFactory) -> It
         base = tmp_path_factory.mktemp("airgap")
         pki = build_pki(base / "pki", free_port(), ocsp_host=CA_NAME)
         ca = OcspResponder(pki, base / "logs" / "ca.log", ndays=1)
-        config_path = None
-        if config is not None:
-            config_path = base / "ocspproxy.toml"
-            config_path.write_text(config)
-        proxy = OcspProxy(
-            free_port(),
-            base / "state",
-            [pki.good.cert_pem, pki.revoked.cert_pem],
-            pki.ca_pem,
-            base / "logs" / "ocspproxy.log",
-            config=config_path,
-        )
+        proxy = new_proxy(pki, base, config)
         user, group = apache_account()
         apache = Apache(
             base / "httpd",
