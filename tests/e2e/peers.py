@@ -25,7 +25,7 @@ from .clients import (
     s_client,
 )
 from .httpd import Apache, ApacheTree, DebianTree, VHost
-from .pki import Leaf, Pki, build_pki, index_line, openssl_serial_hex
+from .pki import Leaf, Pki, build_pki, index_line, openssl_serial_hex, sign_good
 from .processes import ManagedProcess, OcspProxy, OcspResponder, run_ocspproxy
 from .tools import (
     APACHE_MODULES_DIR,
@@ -80,6 +80,7 @@ __all__ = [
     "read_der_with_openssl",
     "run_ocspproxy",
     "s_client",
+    "sign_good",
     "tail",
     "utcnow",
     "wait_until",

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from .tools import UTC, utcnow
@@ -215,3 +216,45 @@ def build_pki(directory: Path, ca_port: int, *, ocsp_host: str = "127.0.0.1") ->
         revoked_at=revoked_at,
         ocsp_host=ocsp_host,
     )
+
+
+def sign_good(
+    pki: Pki,
+    leaf: x509.Certificate,
+    *,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    rogue: bool = False,
+) -> bytes:
+    """A good response for leaf (SHA-1 CertID, as mod_ssl asks) signed with the CA's key, or, rogue,
+    with a forger's: a self-signed certificate of the CA's name and a key of its own."""
+    key = serialization.load_pem_private_key(pki.ca_key_pem.read_bytes(), None)
+    signer = pki.ca_cert
+    if rogue:
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer = (
+            x509.CertificateBuilder()
+            .subject_name(pki.ca_cert.subject)
+            .issuer_name(pki.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(this_update - dt.timedelta(days=1))
+            .not_valid_after(next_update + dt.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf,
+            issuer=pki.ca_cert,
+            algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=this_update,
+            next_update=next_update,
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.NAME, signer)
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)

@@ -19,9 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from tests.required import unavailable
@@ -41,6 +38,7 @@ from .peers import (
     poll_staple,
     run_ocspproxy,
     s_client,
+    sign_good,
     utcnow,
     wait_until,
 )
@@ -141,42 +139,6 @@ def _write(path: Path, manifest: dict[str, object], files: dict[str, bytes]) -> 
     return path
 
 
-def _sign(
-    pki: Pki, leaf: Leaf, *, this_update: dt.datetime, next_update: dt.datetime, rogue: bool = False
-) -> bytes:
-    """A good response for leaf signed with the CA's key (or, rogue, a key of the same name)."""
-    key = serialization.load_pem_private_key(pki.ca_key_pem.read_bytes(), None)
-    signer = pki.ca_cert
-    if rogue:
-        key = ec.generate_private_key(ec.SECP256R1())
-        signer = (
-            x509.CertificateBuilder()
-            .subject_name(pki.ca_cert.subject)
-            .issuer_name(pki.ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(this_update)
-            .not_valid_after(next_update + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response(
-            cert=leaf.cert,
-            issuer=pki.ca_cert,
-            algorithm=hashes.SHA1(),
-            cert_status=ocsp.OCSPCertStatus.GOOD,
-            this_update=this_update,
-            next_update=next_update,
-            revocation_time=None,
-            revocation_reason=None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.NAME, signer)
-    )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-
-
 def _import(inside: Inside, bundle: Path) -> tuple[int, dict[str, object]]:
     code, out, err = _run("bundle", "import", str(bundle), "--json", *inside.flags())
     assert out.strip(), err
@@ -235,9 +197,13 @@ def test_want_fetch_import_into_the_running_service_then_newer_and_every_tampere
     variants = {
         "flipped byte": {good_file: bytes(flipped)},
         "swapped": {good_file: files[revoked_file], revoked_file: files[good_file]},
-        "rogue key": {good_file: _sign(pki, pki.good, this_update=now, next_update=now + day, rogue=True)},
-        "expired": {good_file: _sign(pki, pki.good, this_update=now - 2 * day, next_update=now - day)},
-        "older": {good_file: _sign(pki, pki.good, this_update=now - hour, next_update=now + day)},
+        "rogue key": {
+            good_file: sign_good(pki, pki.good.cert, this_update=now, next_update=now + day, rogue=True)
+        },
+        "expired": {
+            good_file: sign_good(pki, pki.good.cert, this_update=now - 2 * day, next_update=now - day)
+        },
+        "older": {good_file: sign_good(pki, pki.good.cert, this_update=now - hour, next_update=now + day)},
     }
     expected = {
         "flipped byte": "invalid: ",

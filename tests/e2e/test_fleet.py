@@ -18,9 +18,6 @@ from typing import Any
 
 import pytest
 import redis as redis_py
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from tests.redis_peer import RedisSentinel, RedisServer, fill_to_maxmemory
@@ -38,6 +35,7 @@ from .peers import (
     find_openssl,
     free_port,
     poll_staple,
+    sign_good,
     utcnow,
     wait_until,
 )
@@ -372,49 +370,6 @@ def test_redis_flushed_full_and_failed_over_staples_stay_served_and_the_fleet_co
 # --- Redis is not trusted -----------------------------------------------------------------------
 
 
-def _respond(
-    pki: Pki,
-    leaf_cert: x509.Certificate,
-    *,
-    key: object,
-    signer: x509.Certificate,
-    this_update: dt.datetime,
-    validity: dt.timedelta,
-) -> bytes:
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response(
-            cert=leaf_cert,
-            issuer=pki.ca_cert,
-            algorithm=hashes.SHA1(),
-            cert_status=ocsp.OCSPCertStatus.GOOD,
-            this_update=this_update,
-            next_update=this_update + validity,
-            revocation_time=None,
-            revocation_reason=None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.NAME, signer)
-    )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
-
-
-def _rogue(pki: Pki) -> tuple[object, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = pki.ca_cert.subject
-    now = utcnow()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def test_bad_responses_are_never_served_redis_can_stop_and_a_fresh_instance_serves_at_once(
     world: Callable[..., tuple[Pki, CountingResponder]], tmp_path: Path
 ) -> None:
@@ -430,8 +385,6 @@ def test_bad_responses_are_never_served_redis_can_stop_and_a_fresh_instance_serv
     fleet.serve_everything()
     wait_until(lambda: entries(redis) == 2, timeout=10, what="both staples in Redis")
     served = {n: ask(pki, pki.good.cert_pem, p.url).this_update for n, p in fleet.members.items()}
-    ca_key = serialization.load_pem_private_key(pki.ca_key_pem.read_bytes(), None)
-    rogue_key, rogue = _rogue(pki)
     now = utcnow()
     names = [k for k in redis.cli("--scan", "--pattern", f"{PREFIX}:s:*", raw=True).splitlines() if k]
     far = str(int((now + dt.timedelta(hours=2)).timestamp() * 1000))
@@ -440,24 +393,20 @@ def test_bad_responses_are_never_served_redis_can_stop_and_a_fresh_instance_serv
             leaf = pki.good.cert if f"{pki.good.serial:x}" in name else pki.revoked.cert
             der = {
                 "garbage": b"\x30\x03\x0a\x01\x00 not an OCSP response",
-                "forged": _respond(
-                    pki, leaf, key=rogue_key, signer=rogue, this_update=now, validity=dt.timedelta(minutes=30)
+                "forged": sign_good(
+                    pki, leaf, this_update=now, next_update=now + dt.timedelta(minutes=30), rogue=True
                 ),
-                "expired": _respond(
+                "expired": sign_good(
                     pki,
                     leaf,
-                    key=ca_key,
-                    signer=pki.ca_cert,
                     this_update=now - dt.timedelta(hours=3),
-                    validity=dt.timedelta(hours=1),
+                    next_update=now - dt.timedelta(hours=2),
                 ),
-                "older": _respond(
+                "older": sign_good(
                     pki,
                     leaf,
-                    key=ca_key,
-                    signer=pki.ca_cert,
                     this_update=now - dt.timedelta(hours=1),
-                    validity=dt.timedelta(minutes=61),
+                    next_update=now + dt.timedelta(minutes=1),
                 ),
             }[kind]
             path = tmp_path / "bad.der"
