@@ -11,7 +11,6 @@ connection, as mod_ssl asks; the latency of those cache hits is the figure to wa
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import PYTHON, REPO_ROOT, free_port, percentile, python_env, rss_mib
+from bench.common import PYTHON, REPO_ROOT, free_port, logged, percentile, python_env, rss_mib, wait_logged
 from bench.pkiset import load_responses, scale_set
 from bench.scale import issuer_config, write_staples
 from bench.servers import post_ocsp, start_ocspproxy, start_upstream
@@ -107,25 +106,6 @@ class _Sampler(threading.Thread):
         }
 
 
-def _logged(log_path: Path, event: str) -> dict[str, object] | None:
-    for line in log_path.read_bytes().splitlines():
-        if f'"event": "{event}"'.encode() in line:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            return record if isinstance(record, dict) else None
-    return None
-
-
-def _wait_logged(log_path: Path, event: str, timeout: float, alive: threading.Event | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while _logged(log_path, event) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{event!r} not logged within {timeout:g} s")
-        time.sleep(0.2)
-
-
 def run_bundle(workdir: Path, s: BundleSettings, log: list[str]) -> BundleResults:
     ss = scale_set(s.n)
     results = BundleResults(n=s.n)
@@ -185,7 +165,7 @@ def run_bundle(workdir: Path, s: BundleSettings, log: list[str]) -> BundleResult
         config=inside,
     )
     try:
-        _wait_logged(service_log, "stored staples verified", timeout=600)
+        wait_logged(service_log, "stored staples verified", timeout=600)
         probe = ss.serials[len(ss.serials) // 2]
         request = build_request(
             CertKey(alg="sha1", issuer_key_hash=issuer_key_hash(ss.ca_cert, "sha1"), serial=probe),
@@ -202,11 +182,11 @@ def run_bundle(workdir: Path, s: BundleSettings, log: list[str]) -> BundleResult
                 workdir / "import.log",
             )
             log.append(f"bundle: import {results.commands['import']}")
-            _wait_logged(service_log, "bundle imported", timeout=s.ingest_limit_s)
+            wait_logged(service_log, "bundle imported", timeout=s.ingest_limit_s)
         finally:
             sampler.halt.set()
             sampler.join(timeout=30)
-        taken = _logged(service_log, "bundle imported") or {}
+        taken = logged(service_log, "bundle imported") or {}
         results.service = {
             "ingest_s": round(float(str(taken.get("duration_ms", "nan"))) / 1000, 1),
             "stored": taken.get("stored"),

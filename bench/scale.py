@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import Proc, cpu_seconds, free_port, percentile, port_accepts, rss_mib
+from bench.common import Proc, cpu_seconds, free_port, logged, percentile, port_accepts, rss_mib, wait_logged
 from bench.pkiset import ScaleSet, load_responses, scale_set, staple_file_name
 from bench.servers import der_count, get_json, post_ocsp, start_ocspproxy, start_upstream
 from ocspproxy.core.ocsp import CertKey, build_request, issuer_key_hash, issuer_name_hash
@@ -149,7 +149,7 @@ def _progress(
     """Wait for listening, then until count() reaches n or limit seconds have passed since spawn.
     The rate counts from when the certificates and stored staples are loaded: fetching starts then."""
     listen_s = _wait_listening(proc, port, timeout=limit)
-    _wait_logged(proc, b'"event": "store loaded"', timeout=limit)
+    wait_logged(proc.log_path, "store loaded", timeout=limit)
     loaded_s = time.monotonic() - proc.spawned
     cpu_at_start = cpu_seconds(proc.pid)
     done = 0
@@ -179,14 +179,6 @@ def _progress(
     out["cpu_pct_of_core_after_loaded"] = round(100 * cpu_working / working, 1)
     out["phases_s"] = phases(proc)
     return out
-
-
-def _wait_logged(proc: Proc, needle: bytes, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in proc.log_path.read_bytes():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{needle!r} not logged within {timeout:g} s")
-        time.sleep(0.2)
 
 
 def phases(proc: Proc) -> dict[str, float]:
@@ -274,21 +266,21 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         proc = spawn(port, state, workdir / "startup.log", quiet)
         try:
             startup_s = _wait_serving(proc, port, ask, fresh[probe], timeout=600)
-            _wait_logged(proc, b'"event": "store loaded"', timeout=600)
+            wait_logged(proc.log_path, "store loaded", timeout=600)
             rss_start = rss_mib(proc.pid)
             # Signatures of stored staples are checked in the background after the listener opens
             # (each before its first use), then the snapshot is written and the file watcher
             # compares every certificate file once (about 0.5 s of CPU in all): idle means after
             # that one-time work.
-            _wait_logged(proc, b'"event": "stored staples verified"', timeout=600)
-            _wait_logged(proc, b'"event": "staples snapshot written"', timeout=600)
+            wait_logged(proc.log_path, "stored staples verified", timeout=600)
+            wait_logged(proc.log_path, "staples snapshot written", timeout=600)
             time.sleep(5.0)
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(s.idle_seconds)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
             rss_idle = rss_mib(proc.pid)
             proc.check_alive()
-            loaded = _logged_value(proc.log_path, b'"event": "store loaded"', "loaded")
+            loaded = (logged(proc.log_path, "store loaded") or {}).get("loaded")
             startup_phases = phases(proc)
         finally:
             proc.stop()
@@ -330,7 +322,7 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
         port = free_port()
         proc = spawn(port, stale_state, workdir / "ca-down.log", dead)
         try:
-            _wait_logged(proc, b'"event": "staples snapshot written"', timeout=600)
+            wait_logged(proc.log_path, "staples snapshot written", timeout=600)
             time.sleep(5.0)
             offset = proc.log_path.stat().st_size
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -373,13 +365,3 @@ def run_scale(workdir: Path, s: ScaleSettings, log: list[str]) -> ScaleResults:
     finally:
         upstream.stop()
     return results
-
-
-def _logged_value(log_path: Path, marker: bytes, key: str) -> object:
-    for line in log_path.read_bytes().splitlines():
-        if marker in line:
-            try:
-                return json.loads(line).get(key)
-            except ValueError:
-                return None
-    return None
