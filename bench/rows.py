@@ -147,29 +147,16 @@ def handshake_rows(r: HandshakeResults) -> list[Row]:
             "ms",
             digits=1,
         ),
-        Row(
-            sec,
-            f"s_client p50, first {r.loop_seconds:g} s",
-            _f(_get(via, "handshake_ms", "p50")),
-            _f(_get(direct, "handshake_ms", "p50")),
-            "ms",
-            digits=1,
-        ),
-        Row(
-            sec,
-            f"s_client p99, first {r.loop_seconds:g} s",
-            _f(_get(via, "handshake_ms", "p99")),
-            _f(_get(direct, "handshake_ms", "p99")),
-            "ms",
-            digits=1,
-        ),
-        Row(
-            sec,
-            f"s_client max, first {r.loop_seconds:g} s",
-            _f(_get(via, "handshake_ms", "max")),
-            _f(_get(direct, "handshake_ms", "max")),
-            "ms",
-            digits=1,
+        *(
+            Row(
+                sec,
+                f"s_client {stat}, first {r.loop_seconds:g} s",
+                _f(_get(via, "handshake_ms", stat)),
+                _f(_get(direct, "handshake_ms", stat)),
+                "ms",
+                digits=1,
+            )
+            for stat in ("p50", "p99", "max")
         ),
     ]
 
