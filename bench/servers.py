@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.common import PYTHON, Proc, free_port, wait_until
 from bench.pkiset import OpensslPki
+from tests.redis_peer import server_flags
 
 __all__ = [
     "HttpAnswer",
@@ -228,18 +229,8 @@ def start_redis(workdir: Path) -> tuple[Proc, int]:
     """``redis-server`` on loopback, nothing saved to disk."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        _binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    proc = Proc("redis-server", [*cmd, "--dir", str(workdir)], workdir / "redis.log")
+    cmd = [_binary("redis-server"), *server_flags(port, workdir)]
+    proc = Proc("redis-server", cmd, workdir / "redis.log")
     proc.wait_port(port, timeout=30)
     return proc, port
 

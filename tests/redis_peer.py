@@ -16,7 +16,23 @@ from tests.e2e.processes import ManagedProcess
 from tests.e2e.tools import free_port
 from tests.required import unavailable
 
-__all__ = ["RedisSentinel", "RedisServer", "fill_to_maxmemory", "redis_binary"]
+__all__ = ["RedisSentinel", "RedisServer", "fill_to_maxmemory", "redis_binary", "server_flags"]
+
+
+def server_flags(port: int, directory: Path) -> list[str]:
+    """redis-server's flags for a throw-away server on loopback: nothing saved to disk."""
+    return [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+    ]
 
 
 def redis_binary(name: str) -> str:
@@ -44,18 +60,8 @@ class RedisServer(ManagedProcess):
         return self.directory / "redis.sock"
 
     def command(self) -> list[str]:
-        cmd = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        cmd += ["--dir", str(self.directory), "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        cmd = [self.binary, *server_flags(self.port, self.directory)]
+        cmd += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         if self.replica_of is not None:
             cmd += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         return cmd + self.extra
